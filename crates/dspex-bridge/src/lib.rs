@@ -1,0 +1,1 @@
+//! Owning Python worker processes.

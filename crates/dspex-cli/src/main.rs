@@ -1,0 +1,2 @@
+//! The `dspex` command.
+fn main() {}

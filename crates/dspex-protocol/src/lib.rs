@@ -1,0 +1,53 @@
+//! The DSPex wire protocol: how Rust talks to a Python worker.
+//!
+//! A frame is a 4-byte big-endian unsigned length followed by that many bytes
+//! of MessagePack. Bodies are maps with string keys (named fields, never
+//! positional arrays). The worker's first frame is the [`Ready`] handshake;
+//! after it every [`Request`] carries a non-zero id and is answered by exactly
+//! one [`Response`] with the same id.
+//!
+//! This crate has no actors and no processes: it is the codec
+//! ([`MessageCodec`], a [`tokio_util::codec`] pair), the typed messages, the
+//! error kinds of the contract ([`ErrorKind`]) and the [`ProtocolError`]s a
+//! malformed stream produces. Every malformed input is a typed error, never a
+//! panic, and a length header above the configured maximum is rejected
+//! *before* any buffer is allocated for it.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use dspex_protocol::{Command, MessageCodec, Request, Response};
+//! use tokio_util::codec::{Decoder, Encoder};
+//!
+//! // The Rust side encodes requests and decodes responses.
+//! let mut client = MessageCodec::<Request, Response>::default();
+//! // A worker does the opposite.
+//! let mut worker = MessageCodec::<Response, Request>::default();
+//!
+//! let mut wire = BytesMut::new();
+//! client.encode(Request::new(7, Command::Ping), &mut wire)?;
+//! let request = worker.decode(&mut wire)?.expect("one whole frame");
+//! assert_eq!(request.id, 7);
+//! assert_eq!(request.command, "ping");
+//! # Ok::<(), dspex_protocol::ProtocolError>(())
+//! ```
+
+mod codec;
+mod error;
+mod message;
+
+pub use codec::{MessageCodec, decode_body, encode_body};
+pub use error::{ErrorKind, ProtocolError, RemoteError};
+pub use message::{
+    Command, ExecuteArgs, FieldSpec, LmConfig, ProgramDefinition, Ready, Request, RequestId,
+    Response, SignatureSpec,
+};
+pub use serde_json::{Map, Value};
+
+/// The protocol version this crate speaks; the handshake must announce it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The default largest frame body accepted in either direction: 64 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// Bytes in a frame header (a big-endian `u32` body length).
+pub const HEADER_LEN: usize = 4;
