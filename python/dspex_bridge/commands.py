@@ -1,0 +1,616 @@
+"""Command handlers, the worker state they share, and the command registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+from . import lm as lm_mod
+from .errors import (
+    DeadlineExceeded,
+    InvalidArguments,
+    LmError,
+    LmNotConfigured,
+    ProgramNotFound,
+    SignatureError,
+)
+from .signatures import (
+    FieldSpec,
+    SignatureSpec,
+    TypeSpec,
+    build_dspy_signature,
+    check_value,
+    convert_output,
+    parse_signature,
+)
+
+if TYPE_CHECKING:
+    from .protocol import FrameWriter
+
+log = logging.getLogger("dspex_bridge.commands")
+
+MAX_PROGRAM_ID = 256
+
+# Module names accepted in a program definition, normalised (lower case, no "_", no "dspy.").
+MODULE_ALIASES: dict[str, str] = {
+    "predict": "predict",
+    "chainofthought": "chain_of_thought",
+    "cot": "chain_of_thought",
+}
+MODULES: tuple[str, ...] = ("predict", "chain_of_thought")
+
+
+class NoReply(BaseException):
+    """Raised by a handler that deliberately sends no reply (test faults only)."""
+
+
+class ServerHooks(Protocol):
+    """What handlers may ask of the running server."""
+
+    writer: FrameWriter
+    max_concurrency: int
+
+    def exit_now(self, code: int) -> NoReturn: ...
+
+    def shutdown(self, code: int) -> None: ...
+
+    def ignore_shutdown(self) -> None: ...
+
+    def dspy_loaded(self) -> bool: ...
+
+
+# --- state ------------------------------------------------------------------------------
+
+
+class Stats:
+    """Request counters, guarded by one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.in_flight = 0
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self.requests = 0
+        self.ok = 0
+        self.errors = 0
+        self.protocol_errors = 0
+        self.executions = 0
+        self.max_in_flight = self.in_flight
+        self.by_command: dict[str, int] = {}
+        self.errors_by_kind: dict[str, int] = {}
+
+    def reset(self) -> None:
+        with self.lock:
+            self._reset_counters()
+
+    def started(self, command: str) -> None:
+        with self.lock:
+            self.requests += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.by_command[command] = self.by_command.get(command, 0) + 1
+
+    def finished(self, error_kind: str | None) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            if error_kind is None:
+                self.ok += 1
+            else:
+                self.errors += 1
+                self.errors_by_kind[error_kind] = self.errors_by_kind.get(error_kind, 0) + 1
+            if self.in_flight == 0:
+                self.idle.notify_all()
+
+    def rejected(self, error_kind: str) -> None:
+        """A request answered with an error before it was dispatched."""
+        with self.lock:
+            if error_kind == "ProtocolError":
+                self.protocol_errors += 1
+            self.errors += 1
+            self.errors_by_kind[error_kind] = self.errors_by_kind.get(error_kind, 0) + 1
+
+    def executed(self) -> None:
+        with self.lock:
+            self.executions += 1
+
+    def wait_idle(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        with self.lock:
+            while self.in_flight > 0:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self.idle.wait(left)
+            return True
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "total": self.requests,
+                "ok": self.ok,
+                "error": self.errors,
+                "protocol_errors": self.protocol_errors,
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+                "executions": self.executions,
+                "by_command": dict(self.by_command),
+                "errors_by_kind": dict(self.errors_by_kind),
+            }
+
+
+@dataclass
+class Program:
+    program_id: str
+    hash: str
+    module: str
+    module_name: str
+    definition: dict[str, Any]
+    spec: SignatureSpec
+    signature: Any
+    demos: list[dict[str, Any]]
+    created_at: float
+    executions: int = 0
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "program_id": self.program_id,
+            "hash": self.hash,
+            "module": self.module,
+            "signature_name": self.spec.name,
+            "inputs": [f.name for f in self.spec.inputs],
+            "outputs": [f.name for f in self.spec.all_outputs()],
+            "demos": len(self.demos),
+            "created_at": self.created_at,
+            "executions": self.executions,
+        }
+
+
+class WorkerState:
+    """Everything the commands share: programs, the default LM, counters."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self.pid = os.getpid()
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.programs: dict[str, Program] = {}
+        self.lm: lm_mod.LmHandle | None = None
+        self.lm_cache = lm_mod.LmCache()
+        self.stats = Stats()
+
+    def uptime(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+
+@dataclass
+class Context:
+    """One request as a handler sees it."""
+
+    request_id: int
+    command: str
+    state: WorkerState
+    server: ServerHooks
+    session_id: str | None = None
+    deadline: float | None = None
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+    def after_reply(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the reply has been written."""
+        self.after.append(action)
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded(
+                "the request deadline passed before it could run",
+                {"late_ms": round((time.monotonic() - self.deadline) * 1000, 3)},
+            )
+
+
+Handler = Callable[[Context, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    handler: Handler
+    needs_dspy: bool = False
+    inline: bool = False
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._commands: dict[str, Command] = {}
+
+    def register(
+        self, name: str, handler: Handler, *, needs_dspy: bool = False, inline: bool = False
+    ) -> None:
+        self._commands[name] = Command(name, handler, needs_dspy, inline)
+
+    def get(self, name: str) -> Command | None:
+        return self._commands.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._commands)
+
+
+# --- argument helpers --------------------------------------------------------------------
+
+
+def require_str(args: dict[str, Any], key: str, *, max_len: int | None = None) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidArguments(f"argument {key!r} must be a non-empty string", {"field": key})
+    if max_len is not None and len(value) > max_len:
+        raise InvalidArguments(f"argument {key!r} is longer than {max_len}", {"field": key})
+    return value
+
+
+def canonical_json(obj: Any) -> str:
+    """The canonical JSON text hashed for programs (sorted keys, no spaces, UTF-8)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def program_hash(signature: Any, module: Any, demos: Any) -> str:
+    """Hash of a program definition, computable on the Rust side too.
+
+    ``sha256(canonical_json({"signature": signature, "module": module, "demos": demos}))``
+    as lowercase hex, where ``canonical_json(obj)`` is
+    ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` encoded as
+    UTF-8. ``signature`` and ``demos`` are hashed exactly as sent; an absent ``module`` counts
+    as ``"predict"`` and absent ``demos`` as ``[]``.
+    """
+    try:
+        text = canonical_json({"signature": signature, "module": module, "demos": demos})
+    except (TypeError, ValueError) as exc:
+        raise InvalidArguments(f"program definition is not JSON-representable: {exc}") from exc
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _normalise_module(module: Any) -> str:
+    if not isinstance(module, str) or not module:
+        raise InvalidArguments("'module' must be a string", {"field": "module"})
+    key = module.lower().removeprefix("dspy.").replace("_", "")
+    kind = MODULE_ALIASES.get(key)
+    if kind is None:
+        raise InvalidArguments(
+            f"unknown module {module!r}", {"field": "module", "module": module, "available": list(MODULES)}
+        )
+    return kind
+
+
+def _module_outputs(kind: str) -> tuple[FieldSpec, ...]:
+    if kind == "chain_of_thought":
+        return (FieldSpec("reasoning", TypeSpec("str")),)
+    return ()
+
+
+def _check_demos(demos: Any, spec: SignatureSpec) -> list[dict[str, Any]]:
+    if not isinstance(demos, list):
+        raise InvalidArguments("'demos' must be a list of maps", {"field": "demos"})
+    names = {f.name for f in spec.inputs + spec.all_outputs()}
+    for i, demo in enumerate(demos):
+        if not isinstance(demo, dict):
+            raise InvalidArguments(f"demos[{i}] must be a map", {"field": "demos", "index": i})
+        unknown = sorted(str(k) for k in demo if k not in names)
+        if unknown:
+            raise InvalidArguments(
+                f"demos[{i}] has unknown fields {unknown}",
+                {"field": "demos", "index": i, "unknown": unknown},
+            )
+    return demos
+
+
+def build_program(program_id: str, definition: dict[str, Any]) -> Program:
+    """Validate a program definition and build its DSPy signature."""
+    if "signature" not in definition:
+        raise InvalidArguments("a program needs a 'signature'", {"field": "signature"})
+    raw_signature = definition["signature"]
+    raw_module = definition.get("module", "predict")
+    raw_demos = definition.get("demos")
+    if raw_demos is None:
+        raw_demos = []
+    kind = _normalise_module(raw_module)
+    spec = parse_signature(raw_signature)
+    extra = _module_outputs(kind)
+    for f in extra:
+        if spec.input(f.name) is not None or any(o.name == f.name for o in spec.outputs):
+            raise SignatureError(
+                f"field name {f.name!r} is added by module {kind} and cannot be declared",
+                {"field": f.name},
+            )
+    spec = SignatureSpec(spec.name, spec.instructions, spec.inputs, spec.outputs, extra)
+    demos = _check_demos(raw_demos, spec)
+    digest = program_hash(raw_signature, raw_module, raw_demos)
+    signature = build_dspy_signature(spec)
+    return Program(
+        program_id=program_id,
+        hash=digest,
+        module=kind,
+        module_name=raw_module,
+        definition={"signature": raw_signature, "module": raw_module, "demos": raw_demos},
+        spec=spec,
+        signature=signature,
+        demos=demos,
+        created_at=time.time(),
+    )
+
+
+def _definition_hash(definition: dict[str, Any]) -> str:
+    demos = definition.get("demos")
+    return program_hash(
+        definition.get("signature"), definition.get("module", "predict"), [] if demos is None else demos
+    )
+
+
+def _rss() -> dict[str, int]:
+    rss = 0
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"rss_bytes": rss or max_rss, "max_rss_bytes": max_rss}
+
+
+# --- handlers -----------------------------------------------------------------------------
+
+
+def ping(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    state = ctx.state
+    return {
+        "status": "ok",
+        "worker_id": state.worker_id,
+        "pid": state.pid,
+        "uptime_s": state.uptime(),
+        "requests": state.stats.snapshot()["total"],
+    }
+
+
+def configure_lm(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    config = lm_mod.parse_lm_config(args)
+    handle = lm_mod.build_lm(config)
+    with ctx.state.lock:
+        ctx.state.lm = handle
+    log.info("configured LM %s", config.model)
+    return {"status": "configured", "model": config.model}
+
+
+def _install(state: WorkerState, program: Program) -> bool:
+    with state.lock:
+        replaced = program.program_id in state.programs
+        state.programs[program.program_id] = program
+    return replaced
+
+
+def create_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    program_id = require_str(args, "program_id", max_len=MAX_PROGRAM_ID)
+    program = build_program(program_id, args)
+    replaced = _install(ctx.state, program)
+    return {
+        "program_id": program_id,
+        "hash": program.hash,
+        "inputs": [f.name for f in program.spec.inputs],
+        "outputs": [f.name for f in program.spec.all_outputs()],
+        "module": program.module,
+        "replaced": replaced,
+    }
+
+
+def _lookup(state: WorkerState, program_id: str) -> Program:
+    with state.lock:
+        program = state.programs.get(program_id)
+    if program is None:
+        raise ProgramNotFound(f"no program {program_id!r} on this worker", {"program_id": program_id})
+    return program
+
+
+def _ensure_program(ctx: Context, program_id: str, definition: Any) -> Program:
+    if not isinstance(definition, dict):
+        raise InvalidArguments("'program' must be a program definition map", {"field": "program"})
+    inner_id = definition.get("program_id", program_id)
+    if inner_id != program_id:
+        raise InvalidArguments(
+            "'program.program_id' differs from 'program_id'", {"field": "program"}
+        )
+    wanted = _definition_hash(definition)
+    with ctx.state.lock:
+        current = ctx.state.programs.get(program_id)
+    if current is not None and current.hash == wanted:
+        return current
+    program = build_program(program_id, definition)
+    _install(ctx.state, program)
+    log.info("installed program %s (%s) from execute_program", program_id, program.hash[:12])
+    return program
+
+
+def _check_inputs(spec: SignatureSpec, inputs: dict[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in spec.inputs}
+    for name in inputs:
+        if name not in known:
+            raise InvalidArguments(
+                f"unknown input {name!r}", {"field": name, "expected": sorted(known)}
+            )
+    checked: dict[str, Any] = {}
+    for f in spec.inputs:
+        if f.name not in inputs:
+            if f.optional:
+                checked[f.name] = None
+                continue
+            raise InvalidArguments(f"missing required input {f.name!r}", {"field": f.name})
+        check_value(f.effective_type, inputs[f.name], f.name)
+        checked[f.name] = inputs[f.name]
+    return checked
+
+
+def _make_module(program: Program) -> Any:
+    import dspy
+
+    if program.module == "chain_of_thought":
+        module = dspy.ChainOfThought(program.signature)
+        predictor = module.predict
+    else:
+        module = dspy.Predict(program.signature)
+        predictor = module
+    if program.demos:
+        input_names = [f.name for f in program.spec.inputs]
+        predictor.demos = [
+            dspy.Example(**demo).with_inputs(*[n for n in input_names if n in demo])
+            for demo in program.demos
+        ]
+    return module
+
+
+def _lm_failure(exc: BaseException) -> LmError | None:
+    from dspy.utils.exceptions import AdapterParseError, LMError
+
+    if isinstance(exc, AdapterParseError):
+        return LmError(
+            f"the LM response could not be parsed: {exc}",
+            {"exception": type(exc).__name__},
+        )
+    if isinstance(exc, LMError):
+        return LmError(f"the LM call failed: {exc}", {"exception": type(exc).__name__})
+    return None
+
+
+def execute_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    import dspy
+
+    started = time.perf_counter()
+    program_id = require_str(args, "program_id", max_len=MAX_PROGRAM_ID)
+    if args.get("program") is not None:
+        program = _ensure_program(ctx, program_id, args["program"])
+    else:
+        program = _lookup(ctx.state, program_id)
+    inputs = args.get("inputs", {})
+    if inputs is None:
+        inputs = {}
+    if not isinstance(inputs, dict):
+        raise InvalidArguments("'inputs' must be a map", {"field": "inputs"})
+    checked = _check_inputs(program.spec, inputs)
+    override = args.get("lm")
+    if override is not None:
+        handle = ctx.state.lm_cache.get(lm_mod.parse_lm_config(override))
+    else:
+        with ctx.state.lock:
+            handle = ctx.state.lm
+    if handle is None:
+        raise LmNotConfigured(
+            "no LM configured: send configure_lm first or pass 'lm' with the request",
+            {"program_id": program_id},
+        )
+    ctx.check_deadline()
+    module = _make_module(program)
+    try:
+        with dspy.context(lm=handle.lm, disable_history=True):
+            prediction = module(**checked)
+    except Exception as exc:
+        failure = _lm_failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
+    outputs: dict[str, Any] = {}
+    for f in program.spec.all_outputs():
+        try:
+            value = prediction[f.name]
+        except (KeyError, AttributeError):
+            if f.optional or f.type.allows_none():
+                outputs[f.name] = None
+                continue
+            raise LmError(f"the LM produced no value for output {f.name!r}", {"field": f.name}) from None
+        outputs[f.name] = convert_output(f.effective_type, value, f.name)
+    with ctx.state.lock:
+        program.executions += 1
+    ctx.state.stats.executed()
+    return {
+        "program_id": program_id,
+        "outputs": outputs,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "model": handle.model,
+    }
+
+
+def list_programs(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    with ctx.state.lock:
+        programs = [p.info() for p in ctx.state.programs.values()]
+    programs.sort(key=lambda p: p["program_id"])
+    return {"programs": programs, "count": len(programs)}
+
+
+def get_program_info(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    program = _lookup(ctx.state, require_str(args, "program_id"))
+    info = program.info()
+    info["fields"] = {
+        "inputs": [f.to_wire() for f in program.spec.inputs],
+        "outputs": [f.to_wire() for f in program.spec.all_outputs()],
+    }
+    info["definition"] = program.definition
+    return info
+
+
+def delete_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    program_id = require_str(args, "program_id")
+    with ctx.state.lock:
+        deleted = ctx.state.programs.pop(program_id, None) is not None
+    return {"program_id": program_id, "deleted": deleted}
+
+
+def get_stats(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    state = ctx.state
+    with state.lock:
+        programs = len(state.programs)
+        model = state.lm.model if state.lm is not None else None
+    snap = state.stats.snapshot()
+    return {
+        "worker_id": state.worker_id,
+        "pid": state.pid,
+        "uptime_s": state.uptime(),
+        "requests": snap,
+        "programs": programs,
+        "executions": snap["executions"],
+        "memory": _rss(),
+        "lm": model,
+        "dspy_loaded": ctx.server.dspy_loaded(),
+        "max_concurrency": ctx.server.max_concurrency,
+        "threads": threading.active_count(),
+    }
+
+
+def reset_state(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    with ctx.state.lock:
+        cleared = len(ctx.state.programs)
+        ctx.state.programs.clear()
+    ctx.state.lm_cache.clear()
+    ctx.state.stats.reset()
+    return {"status": "reset", "programs_cleared": cleared}
+
+
+def shutdown(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.after_reply(lambda: ctx.server.shutdown(0))
+    return {"status": "shutting_down", "worker_id": ctx.state.worker_id, "pid": ctx.state.pid}
+
+
+def default_registry() -> Registry:
+    registry = Registry()
+    registry.register("ping", ping, inline=True)
+    registry.register("configure_lm", configure_lm, needs_dspy=True)
+    registry.register("create_program", create_program, needs_dspy=True)
+    registry.register("execute_program", execute_program, needs_dspy=True)
+    registry.register("list_programs", list_programs)
+    registry.register("get_program_info", get_program_info)
+    registry.register("delete_program", delete_program)
+    registry.register("get_stats", get_stats)
+    registry.register("reset_state", reset_state)
+    registry.register("shutdown", shutdown)
+    return registry

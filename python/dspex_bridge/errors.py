@@ -1,0 +1,99 @@
+"""Typed error kinds of the DSPex wire protocol.
+
+Every failure reply carries ``{"kind", "message", "traceback", "details"}`` (see
+``shared/design/protocol.md``). ``kind`` is a stable word the Rust side matches on; the
+classes below are the only way handlers produce one. Any other exception escaping a handler
+becomes ``PythonException`` with the exception's class name in ``details["exception"]``.
+"""
+
+from __future__ import annotations
+
+import traceback as _traceback
+from typing import Any
+
+KINDS: tuple[str, ...] = (
+    "UnknownCommand",
+    "InvalidArguments",
+    "ProgramNotFound",
+    "SignatureError",
+    "LmNotConfigured",
+    "LmError",
+    "DeadlineExceeded",
+    "PythonException",
+    "ProtocolError",
+)
+
+
+class BridgeError(Exception):
+    """Base class: an error that maps onto one protocol ``kind``."""
+
+    kind: str = "PythonException"
+
+    def __init__(
+        self,
+        message: str,
+        details: dict[str, Any] | None = None,
+        *,
+        traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message: str = message
+        self.details: dict[str, Any] | None = details
+        self.traceback: str | None = traceback
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``error`` map of a failure reply."""
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "traceback": self.traceback,
+            "details": self.details,
+        }
+
+
+class UnknownCommand(BridgeError):
+    kind = "UnknownCommand"
+
+
+class InvalidArguments(BridgeError):
+    kind = "InvalidArguments"
+
+
+class ProgramNotFound(BridgeError):
+    kind = "ProgramNotFound"
+
+
+class SignatureError(BridgeError):
+    kind = "SignatureError"
+
+
+class LmNotConfigured(BridgeError):
+    kind = "LmNotConfigured"
+
+
+class LmError(BridgeError):
+    kind = "LmError"
+
+
+class DeadlineExceeded(BridgeError):
+    kind = "DeadlineExceeded"
+
+
+class ProtocolError(BridgeError):
+    kind = "ProtocolError"
+
+
+class PythonException(BridgeError):
+    kind = "PythonException"
+
+
+def from_exception(exc: BaseException) -> dict[str, Any]:
+    """The wire ``error`` map for any exception raised while handling a request."""
+    if isinstance(exc, BridgeError):
+        return exc.to_wire()
+    tb = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return PythonException(
+        str(exc) or type(exc).__name__,
+        {"exception": type(exc).__name__},
+        traceback=tb,
+    ).to_wire()

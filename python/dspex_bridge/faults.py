@@ -1,0 +1,242 @@
+"""Test-only fault commands, loaded only when the worker starts with ``DSPEX_TEST_FAULTS=1``.
+
+They inject faults into the real worker loop (see shared/design/reliability.md, "Fault
+commands"). Arguments:
+
+=======================  =========================================  ==========================
+command                  args                                       reply
+=======================  =========================================  ==========================
+echo                     any map                                    the args
+sleep                    ``ms`` (number, default 0)                 ``{"slept_ms"}``
+exit                     ``code`` (int 0-255, default 0)            none: ``os._exit(code)``
+kill_self                ``signal`` (int or name, default SIGKILL)  ``{"signal", "alive"}`` if
+                                                                    the process survives
+hang                     ``busy`` (bool, default false: sleep)      never
+raise                    ``exception`` (builtin class name from     ``PythonException``
+                         ``RAISABLE``, default RuntimeError),
+                         ``message``
+write_garbage            ``n`` (bytes, default 16)                  none: a frame of ``n``
+                                                                    0xc1 bytes instead
+write_oversize_header    ``size`` (default 3 GiB)                   none: only that header,
+                                                                    then nothing ever again
+spam_stderr              ``bytes`` (default 1 MiB)                  ``{"written"}``
+spawn_grandchild         ``seconds`` (default 1000)                 ``{"pid"}`` of ``sleep``
+print_to_stdout          ``text`` (optional)                        ``{"printed": true}``
+ignore_shutdown          none                                       ``{"ignoring": [...]}``
+=======================  =========================================  ==========================
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from .commands import Context, NoReply, Registry
+from .errors import InvalidArguments
+from .protocol import HEADER, frame
+
+log = logging.getLogger("dspex_bridge.faults")
+
+RAISABLE: frozenset[str] = frozenset(
+    {
+        "Exception",
+        "ArithmeticError",
+        "AssertionError",
+        "AttributeError",
+        "IndexError",
+        "KeyError",
+        "LookupError",
+        "MemoryError",
+        "NotImplementedError",
+        "OSError",
+        "RecursionError",
+        "RuntimeError",
+        "TimeoutError",
+        "TypeError",
+        "UnicodeError",
+        "ValueError",
+        "ZeroDivisionError",
+    }
+)
+OVERSIZE_HEADER: int = 3 * 1024 * 1024 * 1024
+SPAM_LIMIT: int = 1024 * 1024 * 1024
+# One write per chunk of whole lines, at most PIPE_BUF, so a line is never split by
+# another writer.
+SPAM_CHUNK: int = 4096
+
+_children: list[subprocess.Popen[bytes]] = []
+_children_lock = threading.Lock()
+
+
+def _int_arg(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = args.get(key, default)
+    if value is None:
+        value = default
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InvalidArguments(f"{key!r} must be an integer in [{lo}, {hi}]", {"field": key})
+    return value
+
+
+def echo(ctx: Context, args: dict[str, Any]) -> Any:
+    return args
+
+
+def sleep(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    ms = args.get("ms", 0)
+    if ms is None:
+        ms = 0
+    ok = isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms)
+    if not ok or not 0 <= ms <= 86_400_000:
+        raise InvalidArguments("'ms' must be a number of milliseconds >= 0", {"field": "ms"})
+    time.sleep(ms / 1000.0)
+    return {"slept_ms": ms}
+
+
+def exit_(ctx: Context, args: dict[str, Any]) -> Any:
+    code = _int_arg(args, "code", 0, 0, 255)
+    log.warning("fault: exit(%d) without reply to request %d", code, ctx.request_id)
+    ctx.server.exit_now(code)
+
+
+def _signal_number(value: Any) -> int:
+    if value is None:
+        return int(signal.SIGKILL)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value in {int(s) for s in signal.Signals}:
+            return value
+    elif isinstance(value, str):
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        member = signal.Signals.__members__.get(name)
+        if member is not None:
+            return int(member)
+    raise InvalidArguments(f"unknown signal {value!r}", {"field": "signal"})
+
+
+def kill_self(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    signum = _signal_number(args.get("signal"))
+    log.warning("fault: sending %s to self", signal.Signals(signum).name)
+    os.kill(os.getpid(), signum)
+    if signum in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        return {"signal": signum, "alive": True}
+    # Give a fatal signal (or the SIGTERM handler on the main thread) time to act first.
+    time.sleep(1.0)
+    return {"signal": signum, "alive": True}
+
+
+def hang(ctx: Context, args: dict[str, Any]) -> Any:
+    busy = bool(args.get("busy", False))
+    log.warning("fault: hanging on request %d (busy=%s)", ctx.request_id, busy)
+    if busy:
+        while True:
+            pass
+    threading.Event().wait()
+    raise NoReply
+
+
+def raise_(ctx: Context, args: dict[str, Any]) -> Any:
+    name = args.get("exception", "RuntimeError")
+    message = args.get("message", "raised by the raise fault command")
+    if not isinstance(name, str) or name not in RAISABLE:
+        raise InvalidArguments(
+            f"exception must be one of {sorted(RAISABLE)}", {"field": "exception"}
+        )
+    if not isinstance(message, str):
+        raise InvalidArguments("'message' must be a string", {"field": "message"})
+    exc_type = getattr(builtins, name)
+    raise exc_type(message)
+
+
+def write_garbage(ctx: Context, args: dict[str, Any]) -> Any:
+    n = _int_arg(args, "n", 16, 1, ctx.server.writer.max_frame)
+    log.warning("fault: writing a %d byte non-MessagePack frame", n)
+    ctx.server.writer.write_raw(frame(b"\xc1" * n))
+    raise NoReply
+
+
+def write_oversize_header(ctx: Context, args: dict[str, Any]) -> Any:
+    size = _int_arg(args, "size", OVERSIZE_HEADER, 0, 0xFFFFFFFF)
+    log.warning("fault: writing a frame header claiming %d bytes, then nothing", size)
+    ctx.server.writer.write_raw(HEADER.pack(size))
+    ctx.server.writer.poison()
+    raise NoReply
+
+
+def spam_stderr(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    total = _int_arg(args, "bytes", 1024 * 1024, 0, SPAM_LIMIT)
+    line = f"dspex spam pid={os.getpid()} request={ctx.request_id} ".encode()
+    line = line + b"x" * max(0, 99 - len(line)) + b"\n"
+    per_chunk = max(1, SPAM_CHUNK // len(line))
+    chunk = line * per_chunk
+    left = total
+    while left > 0:
+        part = chunk if left >= len(chunk) else _tail(line, left)
+        view = memoryview(part)
+        while view:
+            view = view[os.write(2, view) :]
+        left -= len(part)
+    return {"written": total}
+
+
+def _tail(line: bytes, size: int) -> bytes:
+    full, rest = divmod(size, len(line))
+    data = line * full
+    if rest:
+        data += b"x" * (rest - 1) + b"\n"
+    return data
+
+
+def spawn_grandchild(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    seconds = _int_arg(args, "seconds", 1000, 1, 10_000_000)
+    child = subprocess.Popen(
+        ["sleep", str(seconds)],
+        stdin=subprocess.DEVNULL,
+        stdout=2,
+        stderr=2,
+        close_fds=True,
+    )
+    with _children_lock:
+        _children[:] = [c for c in _children if c.poll() is None]
+        _children.append(child)
+    log.info("fault: spawned grandchild sleep pid=%d", child.pid)
+    return {"pid": child.pid}
+
+
+def print_to_stdout(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    text = args.get("text", "dspex print_to_stdout marker")
+    if not isinstance(text, str):
+        raise InvalidArguments("'text' must be a string", {"field": "text"})
+    print(f"{text} (print)")
+    sys.stdout.flush()
+    os.write(1, f"{text} (fd 1)\n".encode())
+    return {"printed": True}
+
+
+def ignore_shutdown(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.server.ignore_shutdown()
+    return {"ignoring": ["SIGTERM", "EOF"]}
+
+
+def register(registry: Registry) -> None:
+    registry.register("echo", echo)
+    registry.register("sleep", sleep)
+    registry.register("exit", exit_)
+    registry.register("kill_self", kill_self)
+    registry.register("hang", hang)
+    registry.register("raise", raise_)
+    registry.register("write_garbage", write_garbage)
+    registry.register("write_oversize_header", write_oversize_header)
+    registry.register("spam_stderr", spam_stderr)
+    registry.register("spawn_grandchild", spawn_grandchild)
+    registry.register("print_to_stdout", print_to_stdout)
+    # Runs on the main thread: only it may change signal dispositions.
+    registry.register("ignore_shutdown", ignore_shutdown, inline=True)

@@ -1,0 +1,473 @@
+"""LM configuration and the offline ``dummy`` LM.
+
+``configure_lm`` accepts ``{"model", "api_key"?, "api_base"?, "temperature"?, "max_tokens"?,
+...}``. Any litellm model string is turned into a ``dspy.LM`` (constructed, never called
+here). The model ``"dummy"`` (or ``"dummy/<name>"``) builds ``dspy.LM("dummy",
+engine=DummyEngine(...))`` on DSPy 3.4's canonical engine interface: an object with
+``complete(Request) -> Response``. It reads the request the real adapter rendered and answers
+in that adapter's format, deterministically from the signature and the input values:
+
+* output field names come from the system message's "Your output fields are:" list and
+  their types from the adapter's per-field notes ("must be a single int value", "must be True
+  or False", "must exactly match ... one of: a; b", "must adhere to the JSON schema: {...}");
+  a field without a note is text;
+* ``h`` = sha256 of the input-field sections of the last user message (plus the optional
+  ``seed``); the short hash is ``h[:8]``;
+* text → ``"<field>: <short hash>"`` (``reasoning`` gets a sentence mentioning the inputs),
+  int → ``n % 1000``, float → ``(n % 100000) / 100``, bool → ``n`` odd, literal/enum → member
+  ``n % len``, arrays → two items, maps → keys ``k0``/``k1`` (or the declared properties),
+  ``anyOf`` with null → the non-null branch; ``n`` is derived from ``h`` and the value's path;
+* ``latency_ms`` sleeps before answering (simulated latency).
+
+Same inputs give the same outputs; nothing leaves the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidArguments
+
+log = logging.getLogger("dspex_bridge.lm")
+
+DUMMY_MODEL = "dummy"
+LM_CACHE_SIZE = 16
+
+_HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]")
+_LISTED_FIELD = re.compile(r"^\d+\. `(\w+)`", re.MULTILINE)
+_NOTE = re.compile(r"^\{(\w+)\}\s+# note: the value you produce (.*)$", re.MULTILINE)
+
+_STRING_KEYS = ("api_key", "api_base", "base_url", "api_version")
+_KNOWN_KEYS = frozenset(
+    {
+        "model",
+        "temperature",
+        "max_tokens",
+        "latency_ms",
+        "seed",
+        "cache",
+        "num_retries",
+        "model_type",
+        "timeout",
+        *_STRING_KEYS,
+    }
+)
+
+
+def is_dummy(model: str) -> bool:
+    return model == DUMMY_MODEL or model.startswith(DUMMY_MODEL + "/")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+@dataclass(frozen=True)
+class LmConfig:
+    """A validated LM configuration."""
+
+    model: str
+    options: dict[str, Any]
+    latency_ms: float = 0.0
+    seed: str = ""
+
+    @property
+    def dummy(self) -> bool:
+        return is_dummy(self.model)
+
+    def key(self) -> str:
+        return json.dumps(
+            {"model": self.model, "options": self.options, "latency_ms": self.latency_ms,
+             "seed": self.seed},
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
+
+
+def parse_lm_config(raw: Any) -> LmConfig:
+    """Validate a ``configure_lm`` argument map; raises ``InvalidArguments``."""
+    if not isinstance(raw, dict):
+        raise InvalidArguments(f"LM config must be a map, got {type(raw).__name__}")
+    model = raw.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidArguments("LM config needs a non-empty string 'model'", {"field": "model"})
+    options: dict[str, Any] = {}
+    for key in _STRING_KEYS:
+        value = raw.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise InvalidArguments(f"LM config {key!r} must be a string", {"field": key})
+            options[key] = value
+    temperature = raw.get("temperature")
+    if temperature is not None:
+        if not _number(temperature) or temperature < 0:
+            raise InvalidArguments(
+                "LM config 'temperature' must be a non-negative number", {"field": "temperature"}
+            )
+        options["temperature"] = float(temperature)
+    max_tokens = raw.get("max_tokens")
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0:
+            raise InvalidArguments(
+                "LM config 'max_tokens' must be a positive integer", {"field": "max_tokens"}
+            )
+        options["max_tokens"] = max_tokens
+    cache = raw.get("cache")
+    if cache is not None:
+        if not isinstance(cache, bool):
+            raise InvalidArguments("LM config 'cache' must be a bool", {"field": "cache"})
+        options["cache"] = cache
+    num_retries = raw.get("num_retries")
+    if num_retries is not None:
+        if not isinstance(num_retries, int) or isinstance(num_retries, bool) or num_retries < 0:
+            raise InvalidArguments(
+                "LM config 'num_retries' must be a non-negative integer", {"field": "num_retries"}
+            )
+        options["num_retries"] = num_retries
+    model_type = raw.get("model_type")
+    if model_type is not None:
+        if model_type not in ("chat", "text", "responses"):
+            raise InvalidArguments(
+                "LM config 'model_type' must be chat, text or responses", {"field": "model_type"}
+            )
+        options["model_type"] = model_type
+    timeout = raw.get("timeout")
+    if timeout is not None:
+        if not _number(timeout) or timeout <= 0:
+            raise InvalidArguments(
+                "LM config 'timeout' must be a positive number", {"field": "timeout"}
+            )
+        options["timeout"] = timeout
+    latency = raw.get("latency_ms", 0)
+    if latency is None:
+        latency = 0
+    if not _number(latency) or latency < 0 or latency > 3_600_000:
+        raise InvalidArguments(
+            "LM config 'latency_ms' must be a number of milliseconds >= 0", {"field": "latency_ms"}
+        )
+    seed = raw.get("seed", "")
+    if seed is None:
+        seed = ""
+    if not isinstance(seed, (str, int)) or isinstance(seed, bool):
+        raise InvalidArguments("LM config 'seed' must be a string or integer", {"field": "seed"})
+    dummy = is_dummy(model)
+    if not dummy and latency:
+        raise InvalidArguments(
+            "'latency_ms' only applies to the dummy model", {"field": "latency_ms"}
+        )
+    for key, value in raw.items():
+        if key in _KNOWN_KEYS:
+            continue
+        if not isinstance(key, str) or not key.isidentifier():
+            raise InvalidArguments(f"LM config key {key!r} is not an identifier", {"field": key})
+        if not _plain(value):
+            raise InvalidArguments(f"LM config {key!r} has an unsupported value", {"field": key})
+        if not dummy:
+            options[key] = value
+    return LmConfig(model=model, options=options, latency_ms=float(latency), seed=str(seed))
+
+
+@dataclass
+class LmHandle:
+    """A constructed ``dspy.LM`` and the configuration it came from."""
+
+    config: LmConfig
+    lm: Any
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+
+def build_lm(config: LmConfig) -> LmHandle:
+    """Construct the ``dspy.LM`` for ``config`` (never calls it)."""
+    import dspy
+
+    try:
+        if config.dummy:
+            options = {k: v for k, v in config.options.items() if k in ("temperature", "max_tokens")}
+            lm = dspy.LM(
+                DUMMY_MODEL,
+                engine=DummyEngine(latency_ms=config.latency_ms, seed=config.seed),
+                cache=False,
+                num_retries=0,
+                **options,
+            )
+        else:
+            lm = dspy.LM(config.model, **config.options)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArguments(
+            f"invalid LM config for {config.model!r}: {exc}",
+            {"model": config.model, "exception": type(exc).__name__},
+        ) from exc
+    return LmHandle(config=config, lm=lm)
+
+
+class LmCache:
+    """A small LRU of per-request override LMs, keyed by their configuration."""
+
+    def __init__(self, size: int = LM_CACHE_SIZE) -> None:
+        self._size = size
+        self._items: OrderedDict[str, LmHandle] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, config: LmConfig) -> LmHandle:
+        key = config.key()
+        with self._lock:
+            handle = self._items.get(key)
+            if handle is not None:
+                self._items.move_to_end(key)
+                return handle
+        handle = build_lm(config)
+        with self._lock:
+            self._items[key] = handle
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return handle
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+# --- the dummy engine -------------------------------------------------------------------
+
+
+def _section(text: str, start: str, end: str) -> str:
+    i = text.find(start)
+    if i < 0:
+        return ""
+    i += len(start)
+    j = text.find(end, i)
+    return text[i:] if j < 0 else text[i:j]
+
+
+@dataclass(frozen=True)
+class _OutputField:
+    name: str
+    note: str
+
+
+def _parse_prompt(system: str) -> tuple[list[str], list[_OutputField]]:
+    """(input names, output fields with their type notes) from an adapter's system message."""
+    inputs = _LISTED_FIELD.findall(_section(system, "Your input fields are:", "Your output fields"))
+    outputs = _LISTED_FIELD.findall(
+        _section(system, "Your output fields are:", "All interactions will be structured")
+    )
+    notes = {name: note.strip() for name, note in _NOTE.findall(system)}
+    return inputs, [_OutputField(name, notes.get(name, "")) for name in outputs]
+
+
+def _input_digest(user_text: str, input_names: list[str], seed: str) -> str:
+    sections: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in user_text.splitlines():
+        match = _HEADER.fullmatch(line.strip())
+        if match:
+            current = match.group(1)
+            sections.setdefault(current, [])
+        elif current is not None:
+            sections[current].append(line)
+    wanted = set(input_names) if input_names else set(sections)
+    canonical = {k: "\n".join(v).strip() for k, v in sections.items() if k in wanted}
+    if not canonical:
+        canonical = {"": user_text}
+    payload = json.dumps(canonical, sort_keys=True, ensure_ascii=False) + "\x00" + seed
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class _Generator:
+    """Deterministic values for one request."""
+
+    def __init__(self, digest: str, input_names: list[str]) -> None:
+        self.digest = digest
+        self.short = digest[:8]
+        self.input_names = input_names
+
+    def number(self, path: str) -> int:
+        return int(hashlib.sha256(f"{self.digest}:{path}".encode()).hexdigest()[:12], 16)
+
+    def text(self, path: str) -> str:
+        if path == "reasoning":
+            names = ", ".join(self.input_names) or "the request"
+            return (
+                f"reasoning: {self.short}. Considered {names}; the dummy LM derives every "
+                "output deterministically from a hash of the inputs."
+            )
+        return f"{path}: {self.short}"
+
+    def field_value(self, out: _OutputField) -> tuple[Any, bool]:
+        """(value, is_text) for an output field described by its adapter note."""
+        note = out.note
+        n = self.number(out.name)
+        if not note:
+            return self.text(out.name), True
+        if note.startswith("must be True or False"):
+            return n % 2 == 1, False
+        match = re.match(r"must be a single (int|float) value", note)
+        if match:
+            return (n % 1000, False) if match.group(1) == "int" else ((n % 100000) / 100, False)
+        for prefix in ("must exactly match (no extra characters) one of: ", "must be one of: "):
+            if note.startswith(prefix):
+                members = note[len(prefix) :].split("; ")
+                return members[n % len(members)], True
+        prefix = "must adhere to the JSON schema: "
+        if note.startswith(prefix):
+            try:
+                schema = json.loads(note[len(prefix) :])
+            except ValueError:
+                return self.text(out.name), True
+            return self.from_schema(schema, out.name, schema.get("$defs", {}), 0), False
+        return self.text(out.name), True
+
+    def from_schema(self, schema: Any, path: str, defs: dict[str, Any], depth: int) -> Any:
+        if depth > 16 or not isinstance(schema, dict):
+            return None
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return self.from_schema(defs.get(ref[len("#/$defs/") :], {}), path, defs, depth + 1)
+        if "const" in schema:
+            return schema["const"]
+        if isinstance(schema.get("enum"), list) and schema["enum"]:
+            return schema["enum"][self.number(path) % len(schema["enum"])]
+        for key in ("anyOf", "oneOf", "allOf"):
+            branches = schema.get(key)
+            if isinstance(branches, list) and branches:
+                chosen = next(
+                    (b for b in branches if not (isinstance(b, dict) and b.get("type") == "null")),
+                    branches[0],
+                )
+                return self.from_schema(chosen, path, defs, depth + 1)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        n = self.number(path)
+        if kind == "string":
+            return self.text(path)
+        if kind == "integer":
+            return n % 1000
+        if kind == "number":
+            return (n % 100000) / 100
+        if kind == "boolean":
+            return n % 2 == 1
+        if kind == "null":
+            return None
+        if kind == "array":
+            prefix = schema.get("prefixItems")
+            if isinstance(prefix, list):
+                return [
+                    self.from_schema(s, f"{path}[{i}]", defs, depth + 1)
+                    for i, s in enumerate(prefix)
+                ]
+            items = schema.get("items", {"type": "string"})
+            return [self.from_schema(items, f"{path}[{i}]", defs, depth + 1) for i in range(2)]
+        if kind == "object" or "properties" in schema:
+            props = schema.get("properties")
+            if isinstance(props, dict) and props:
+                return {
+                    k: self.from_schema(s, f"{path}.{k}", defs, depth + 1) for k, s in props.items()
+                }
+            extra = schema.get("additionalProperties", {"type": "string"})
+            if not isinstance(extra, dict):
+                extra = {"type": "string"}
+            return {
+                f"k{i}": self.from_schema(extra, f"{path}.k{i}", defs, depth + 1) for i in range(2)
+            }
+        return self.text(path)
+
+
+def _render(value: Any, is_text: bool) -> str:
+    if is_text and isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _message_text(message: Any) -> str:
+    text = getattr(message, "text", None)
+    if isinstance(text, str):
+        return text
+    parts = getattr(message, "parts", ()) or ()
+    return "".join(getattr(p, "text", "") or "" for p in parts)
+
+
+class DummyEngine:
+    """A DSPy 3.4 canonical engine (``complete(Request) -> Response``) that needs no network."""
+
+    supports_function_calling = False
+    supports_reasoning = False
+    supports_response_schema = False
+    supported_params: tuple[str, ...] = ()
+
+    def __init__(self, latency_ms: float = 0.0, seed: str = "") -> None:
+        self.latency_ms = latency_ms
+        self.seed = seed
+
+    def answer(self, system: str, user: str, json_mode: bool = False) -> str:
+        """The completion text for a rendered prompt (exposed for tests)."""
+        input_names, outputs = _parse_prompt(system)
+        digest = _input_digest(user, input_names, self.seed)
+        gen = _Generator(digest, input_names)
+        if not outputs:
+            return f"dummy: {digest[:8]}"
+        values = [(out.name, *gen.field_value(out)) for out in outputs]
+        if json_mode:
+            return json.dumps({name: value for name, value, _ in values}, ensure_ascii=False)
+        parts = [f"[[ ## {name} ## ]]\n{_render(value, is_text)}" for name, value, is_text in values]
+        parts.append("[[ ## completed ## ]]")
+        return "\n\n".join(parts)
+
+    def complete(self, request: Any) -> Any:
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        if self.latency_ms > 0:
+            time.sleep(self.latency_ms / 1000.0)
+        system = request.system
+        if system is None:
+            system_text = ""
+        elif isinstance(system, str):
+            system_text = system
+        else:
+            system_text = "".join(getattr(p, "text", "") or "" for p in system)
+        users = [m for m in request.messages if getattr(m, "role", None) == "user"]
+        user_text = _message_text(users[-1]) if users else ""
+        json_mode = getattr(request.config, "response_format", None) is not None
+        text = self.answer(system_text, user_text, json_mode)
+        return Response(
+            id=None,
+            model=DUMMY_MODEL,
+            message=Message.assistant([TextPart(text)]),
+            finish_reason="stop",
+            usage=Usage(input_tokens=0, output_tokens=0, total_tokens=0),
+        )
+
+    def stream(self, request: Any) -> Any:
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,376 @@
+"""The worker loop: handshake, frame dispatch, concurrency, exit on EOF / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import logging
+import math
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from . import protocol
+from .commands import Command, Context, NoReply, Registry, WorkerState, default_registry
+from .errors import InvalidArguments, ProtocolError, UnknownCommand, from_exception
+from .logs import setup_logging
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_CONCURRENCY = 16
+EOF_GRACE_S = 0.5
+MAX_REQUEST_ID = (1 << 64) - 1
+
+log = logging.getLogger("dspex_bridge.server")
+
+
+@dataclass(frozen=True)
+class Options:
+    worker_id: str
+    mode: str
+    max_concurrency: int
+    max_frame: int
+    lazy_dspy: bool
+    faults: bool
+    log_level: str | None
+
+
+def _positive_int(raw: str | None, what: str, default: int, hi: int) -> int:
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        log.warning("ignoring %s=%r: not an integer", what, raw)
+        return default
+    if not 1 <= value <= hi:
+        log.warning("ignoring %s=%r: out of range", what, raw)
+        return default
+    return value
+
+
+def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
+    """Parse the command line; unknown flags are returned, never fatal."""
+    parser = argparse.ArgumentParser(prog="dspex_bridge", add_help=False, allow_abbrev=False)
+    parser.add_argument("--worker-id")
+    parser.add_argument("--mode", default="worker")
+    parser.add_argument("--max-concurrency")
+    parser.add_argument("--max-frame")
+    parser.add_argument("--log-level")
+    try:
+        ns, unknown = parser.parse_known_args(argv)
+    except SystemExit:  # argparse gives up on e.g. a flag missing its value
+        ns, unknown = parser.parse_known_args([]), list(argv)
+    env = os.environ
+    worker_id = ns.worker_id or env.get("DSPEX_WORKER_ID") or f"worker-{os.getpid()}"
+    concurrency = _positive_int(
+        ns.max_concurrency or env.get("DSPEX_MAX_CONCURRENCY"),
+        "max concurrency",
+        DEFAULT_MAX_CONCURRENCY,
+        1024,
+    )
+    max_frame = protocol.max_frame_from_env()
+    if ns.max_frame is not None:
+        max_frame = _positive_int(ns.max_frame, "--max-frame", max_frame, 0xFFFFFFFF)
+    options = Options(
+        worker_id=worker_id,
+        mode=ns.mode or "worker",
+        max_concurrency=concurrency,
+        max_frame=max_frame,
+        lazy_dspy=env.get("DSPEX_LAZY_DSPY") == "1",
+        faults=env.get("DSPEX_TEST_FAULTS") == "1",
+        log_level=ns.log_level,
+    )
+    return options, unknown
+
+
+def dspy_version() -> str | None:
+    try:
+        return importlib.metadata.version("dspy")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class Server:
+    """Reads frames from stdin, runs commands on a thread pool, writes replies."""
+
+    def __init__(
+        self,
+        options: Options,
+        registry: Registry,
+        in_fd: int,
+        proto_fd: int,
+    ) -> None:
+        self.options = options
+        self.registry = registry
+        self.max_concurrency = options.max_concurrency
+        self.reader = protocol.FrameReader(in_fd, options.max_frame)
+        self.writer = protocol.FrameWriter(proto_fd, options.max_frame)
+        self.state = WorkerState(options.worker_id)
+        self.executor = ThreadPoolExecutor(
+            max_workers=options.max_concurrency, thread_name_prefix="dspex-req"
+        )
+        self._dspy_lock = threading.Lock()
+        self._dspy: Any = None
+        self._ignore_eof = False
+
+    # -- hooks used by handlers ----------------------------------------------------------
+
+    def dspy_loaded(self) -> bool:
+        return self._dspy is not None
+
+    def ensure_dspy(self) -> Any:
+        if self._dspy is None:
+            with self._dspy_lock:
+                if self._dspy is None:
+                    started = time.perf_counter()
+                    module = importlib.import_module("dspy")
+                    log.info("imported dspy in %.0f ms", (time.perf_counter() - started) * 1000)
+                    self._dspy = module
+        return self._dspy
+
+    def exit_now(self, code: int) -> NoReturn:
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - exiting regardless
+            pass
+        os._exit(code)
+
+    def shutdown(self, code: int) -> None:
+        """Give in-flight requests a short grace, then exit."""
+        self.state.stats.wait_idle(EOF_GRACE_S)
+        log.info("shutting down (exit %d)", code)
+        self.exit_now(code)
+
+    def ignore_shutdown(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self._ignore_eof = True
+        log.warning("fault: ignoring SIGTERM and end of input from now on")
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.writer.send(message)
+        except OSError as exc:
+            log.error("protocol stream lost (%s); exiting", exc)
+            self.exit_now(0)
+
+    def handshake(self) -> dict[str, Any]:
+        return {
+            "id": 0,
+            "ok": True,
+            "result": {
+                "event": "ready",
+                "protocol": PROTOCOL_VERSION,
+                "worker_id": self.state.worker_id,
+                "pid": self.state.pid,
+                "python": platform.python_version(),
+                "dspy": dspy_version(),
+            },
+        }
+
+    def run(self) -> int:
+        self.send(self.handshake())
+        log.info(
+            "ready (protocol %d, max_concurrency %d, max_frame %d, dspy %s)",
+            PROTOCOL_VERSION,
+            self.max_concurrency,
+            self.options.max_frame,
+            "loaded" if self.dspy_loaded() else "lazy",
+        )
+        while True:
+            event = self.reader.read()
+            if event is None:
+                return self.on_eof()
+            if isinstance(event, protocol.Oversize):
+                self.protocol_error(
+                    f"frame of {event.size} bytes exceeds max frame {self.options.max_frame}",
+                    {"reason": "oversize", "size": event.size, "max_frame": self.options.max_frame},
+                )
+                if not self.reader.discard(event.size):
+                    return self.on_eof()
+                continue
+            self.handle_frame(event.body)
+
+    def on_eof(self) -> int:
+        if self._ignore_eof:
+            log.warning("end of input ignored (fault ignore_shutdown)")
+            threading.Event().wait()
+        drained = self.state.stats.wait_idle(EOF_GRACE_S)
+        log.info("end of input; exiting (%s)", "idle" if drained else "abandoning in-flight work")
+        self.exit_now(0)
+
+    def protocol_error(self, message: str, details: dict[str, Any]) -> None:
+        log.warning("protocol error: %s", message)
+        self.state.stats.rejected("ProtocolError")
+        self.send({"id": 0, "ok": False, "error": ProtocolError(message, details).to_wire()})
+
+    def reject(self, request_id: int, error: Exception) -> None:
+        wire = from_exception(error)
+        self.state.stats.rejected(wire["kind"])
+        self.send({"id": request_id, "ok": False, "error": wire})
+
+    def handle_frame(self, body: bytes) -> None:
+        received = time.monotonic()
+        try:
+            message = protocol.decode(body)
+        except Exception as exc:  # noqa: BLE001 - any decode failure is a protocol error
+            self.protocol_error(
+                f"frame body is not valid MessagePack: {type(exc).__name__}: {exc}",
+                {"reason": "decode", "exception": type(exc).__name__, "size": len(body)},
+            )
+            return
+        if not isinstance(message, dict):
+            self.protocol_error(
+                f"request must be a map, got {type(message).__name__}",
+                {"reason": "not_a_map"},
+            )
+            return
+        request_id = message.get("id")
+        if (
+            not isinstance(request_id, int)
+            or isinstance(request_id, bool)
+            or not 0 < request_id <= MAX_REQUEST_ID
+        ):
+            self.protocol_error(
+                "request has no valid id (an integer > 0)", {"reason": "bad_id"}
+            )
+            return
+        command = message.get("command")
+        if not isinstance(command, str) or not command:
+            self.protocol_error(
+                f"request {request_id} has no command",
+                {"reason": "no_command", "request_id": request_id},
+            )
+            return
+        try:
+            args, session_id, deadline = self._envelope(message, received)
+        except InvalidArguments as exc:
+            self.reject(request_id, exc)
+            return
+        cmd = self.registry.get(command)
+        if cmd is None:
+            self.reject(
+                request_id,
+                UnknownCommand(
+                    f"unknown command {command!r}",
+                    {"command": command, "available": self.registry.names()},
+                ),
+            )
+            return
+        ctx = Context(
+            request_id=request_id,
+            command=command,
+            state=self.state,
+            server=self,
+            session_id=session_id,
+            deadline=deadline,
+        )
+        self.state.stats.started(command)
+        if cmd.inline:
+            self.execute(cmd, ctx, args)
+        else:
+            self.executor.submit(self.execute, cmd, ctx, args)
+
+    @staticmethod
+    def _envelope(
+        message: dict[str, Any], received: float
+    ) -> tuple[dict[str, Any], str | None, float | None]:
+        args = message.get("args")
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise InvalidArguments("'args' must be a map", {"field": "args"})
+        session_id = message.get("session_id")
+        if session_id is not None and not isinstance(session_id, str):
+            raise InvalidArguments("'session_id' must be a string", {"field": "session_id"})
+        deadline_ms = message.get("deadline_ms")
+        deadline: float | None = None
+        if deadline_ms is not None:
+            ok = isinstance(deadline_ms, (int, float)) and not isinstance(deadline_ms, bool)
+            if not ok or not math.isfinite(deadline_ms) or deadline_ms < 0:
+                raise InvalidArguments(
+                    "'deadline_ms' must be a non-negative number", {"field": "deadline_ms"}
+                )
+            deadline = received + deadline_ms / 1000.0
+        return args, session_id, deadline
+
+    def execute(self, cmd: Command, ctx: Context, args: dict[str, Any]) -> None:
+        reply: dict[str, Any] | None = None
+        error_kind: str | None = None
+        try:
+            ctx.check_deadline()
+            if cmd.needs_dspy:
+                self.ensure_dspy()
+            result = cmd.handler(ctx, args)
+            reply = {"id": ctx.request_id, "ok": True, "result": result}
+        except NoReply:
+            error_kind = "NoReply"
+        except BaseException as exc:  # noqa: BLE001 - every request gets exactly one reply
+            wire = from_exception(exc)
+            error_kind = wire["kind"]
+            if error_kind == "PythonException":
+                log.error(
+                    "request %d (%s) raised %s: %s",
+                    ctx.request_id,
+                    cmd.name,
+                    type(exc).__name__,
+                    exc,
+                )
+            reply = {"id": ctx.request_id, "ok": False, "error": wire}
+        finally:
+            if reply is not None:
+                self.send(reply)
+            self.state.stats.finished(error_kind)
+        for action in ctx.after:
+            action()
+
+
+def _install_signal_handlers() -> None:
+    def on_term(signum: int, frame: Any) -> None:
+        log.info("received %s; exiting", signal.Signals(signum).name)
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001
+            pass
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point of ``python -m dspex_bridge``; never returns."""
+    proto_fd = protocol.claim_protocol_fd()
+    options, unknown = parse_options(list(sys.argv[1:] if argv is None else argv))
+    setup_logging(options.worker_id, options.log_level)
+    _install_signal_handlers()
+    if unknown:
+        log.info("ignoring unknown arguments: %s", " ".join(unknown))
+    if options.mode != "worker":
+        log.warning("unknown mode %r; running as a worker", options.mode)
+    registry = default_registry()
+    if options.faults:
+        from . import faults
+
+        faults.register(registry)
+        log.warning("test fault commands enabled (DSPEX_TEST_FAULTS=1)")
+    server = Server(options, registry, 0, proto_fd)
+    if not options.lazy_dspy:
+        try:
+            server.ensure_dspy()
+        except ImportError as exc:
+            log.error("dspy is not importable: %s", exc)
+    try:
+        code = server.run()
+    except Exception:  # noqa: BLE001 - the loop itself failed: log and exit non-zero
+        log.exception("worker loop failed")
+        code = 1
+    server.exit_now(code)
