@@ -1,0 +1,169 @@
+//! Owning a Python worker process, whatever created it.
+//!
+//! A [`SpawnStrategy`] turns a [`WorkerCommand`] into a [`Spawned`] process:
+//! its pid, its three pipes and a [`ProcessControl`] to signal and reap it.
+//! [`WorkerProcess`] then owns that process for its whole life: it drains
+//! stderr continuously into tracing and a bounded tail, and stops it with the
+//! escalation `close stdin → grace → SIGTERM to the group → grace → SIGKILL →
+//! reap`. Nothing about the owner depends on how the process was made, so a
+//! pre-forking strategy can replace [`DirectSpawner`] without touching it.
+//!
+//! The guarantees (numbered as in the reliability contract):
+//! - G1: pipes are close-on-exec (std's default), so no sibling holds another
+//!   worker's stdin open and EOF reaches the worker.
+//! - G2: every process is reaped by [`WorkerProcess::stop`] or
+//!   [`WorkerProcess::wait`]; `kill_on_drop` is only the backstop for a
+//!   dropped owner.
+//! - G3: each worker leads its own process group, and kills go to the group.
+//! - G4: the parent-death signal is set from the spawner's dedicated thread
+//!   (it follows the creating *thread*), with a `getppid` re-check.
+//! - G5/G6: escalating stop; exits are reported as [`Exit`] with the stderr tail.
+//! - G8: stderr drained into a ring buffer of [`STDERR_TAIL_BYTES`] and
+//!   rate-limited log lines carrying the worker id and pid.
+//! - G9: every worker carries the tree's [`RunTag`]; [`sweep_orphans`] kills
+//!   tagged workers whose host is gone.
+
+mod owner;
+mod spawner;
+mod stderr;
+mod tag;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use owner::WorkerProcess;
+pub use spawner::DirectSpawner;
+pub use stderr::{STDERR_TAIL_BYTES, StderrTail};
+pub use tag::{RUN_TAG_ENV, RunTag, sweep_orphans, tagged_processes};
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exit {
+    /// It exited with this status code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl Exit {
+    /// The exit of a [`std::process::ExitStatus`].
+    pub fn from_status(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Self::Code(code),
+            (None, Some(signal)) => Self::Signal(signal),
+            (None, None) => Self::Code(-1),
+        }
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exit code {code}"),
+            Self::Signal(signal) => {
+                let name = nix::sys::signal::Signal::try_from(*signal)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown");
+                write!(f, "signal {signal} ({name})")
+            }
+        }
+    }
+}
+
+/// Everything needed to start one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// The Python interpreter.
+    pub interpreter: PathBuf,
+    /// `PYTHONPATH` for the worker (must reach `dspex_bridge`).
+    pub python_path: OsString,
+    /// The worker's id, passed as `--worker-id` and used in every log line.
+    pub worker_id: String,
+    /// Extra command-line arguments after `-m dspex_bridge --worker-id ID`.
+    pub args: Vec<OsString>,
+    /// Extra environment variables.
+    pub env: Vec<(OsString, OsString)>,
+    /// The tag of the tree that owns the worker.
+    pub run_tag: RunTag,
+}
+
+/// Why a process could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start `{}` for worker {worker_id}: {source}", interpreter.display())]
+pub struct SpawnError {
+    /// The worker the process was for.
+    pub worker_id: String,
+    /// The interpreter that was to be run.
+    pub interpreter: PathBuf,
+    /// The OS error (its errno is in `raw_os_error()`).
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Reaps one process, however it was created.
+///
+/// Signals go to the process group by id (every strategy makes the worker the
+/// leader of its own group), so this trait only has to wait.
+pub trait ProcessControl: Send + fmt::Debug {
+    /// Waits for the process to exit and reaps it.
+    ///
+    /// Cancel safe: a dropped wait can be started again.
+    fn wait(&mut self) -> BoxFuture<'_, std::io::Result<Exit>>;
+}
+
+/// A started process, handed from a [`SpawnStrategy`] to its owner.
+pub struct Spawned {
+    /// The OS process id; the process leads a group of the same id.
+    pub pid: u32,
+    /// The worker's stdin: requests go here; dropping it is EOF.
+    pub stdin: Box<dyn AsyncWrite + Send + Unpin>,
+    /// The worker's private protocol stream.
+    pub stdout: Box<dyn AsyncRead + Send + Unpin>,
+    /// The worker's log stream.
+    pub stderr: Box<dyn AsyncRead + Send + Unpin>,
+    /// Reaps the process.
+    pub control: Box<dyn ProcessControl>,
+}
+
+impl fmt::Debug for Spawned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spawned")
+            .field("pid", &self.pid)
+            .field("control", &self.control)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates worker processes. One instance serves one supervision tree.
+pub trait SpawnStrategy: Send + Sync + fmt::Debug + 'static {
+    /// Starts the process for `command`.
+    ///
+    /// # Cancel safety
+    /// Implementations must not leak a process when the future is dropped:
+    /// a process created for a dropped call is killed and reaped.
+    fn spawn(&self, command: WorkerCommand) -> BoxFuture<'static, Result<Spawned, SpawnError>>;
+}
+
+/// Grace periods of the escalating stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopGrace {
+    /// How long to wait after closing stdin before SIGTERM.
+    pub after_eof: Duration,
+    /// How long to wait after SIGTERM before SIGKILL.
+    pub after_term: Duration,
+}
+
+impl Default for StopGrace {
+    fn default() -> Self {
+        Self {
+            after_eof: Duration::from_secs(2),
+            after_term: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The worker actor's message handling. See the module docs of
+//! [`crate::worker`] for the semantics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use dspex_protocol::{
+    Command, ErrorKind, MessageCodec, ProtocolError, Request, RequestId, Response, Value,
+};
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Encoder, FramedRead};
+
+use super::{WorkerConfig, WorkerEvent, WorkerInfo, WorkerState};
+use crate::WorkerError;
+use crate::process::{SpawnStrategy, WorkerCommand, WorkerProcess};
+
+/// How long an exit waits for the reader to deliver the replies the process
+/// wrote before it went.
+const READ_SETTLE: Duration = Duration::from_millis(100);
+
+/// The worker actor. Start it with [`super::WorkerHandle::spawn`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Worker;
+
+/// What a worker actor is started with.
+#[derive(Debug)]
+pub struct WorkerArgs {
+    /// How to start the process.
+    pub command: WorkerCommand,
+    /// The tree's spawn strategy.
+    pub spawner: Arc<dyn SpawnStrategy>,
+    /// Timeouts and limits.
+    pub config: WorkerConfig,
+    /// Where to publish [`WorkerEvent`]s, if anyone listens.
+    pub events: Option<broadcast::Sender<WorkerEvent>>,
+    pub(crate) status: watch::Sender<Status>,
+}
+
+/// What a worker's handle can see without asking the actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Status {
+    pub(crate) pid: u32,
+    pub(crate) state: WorkerState,
+}
+
+/// A message to the worker actor (built by [`super::WorkerHandle`]).
+#[derive(Debug)]
+pub struct WorkerMsg(pub(crate) Inner);
+
+#[derive(Debug)]
+pub(crate) enum Inner {
+    Call(Box<Call>),
+    Info(RpcReplyPort<WorkerInfo>),
+    CloseStdin,
+    Frame(Result<Response, Arc<ProtocolError>>),
+    WriteFailed(String),
+    Exited,
+    Deadline(RequestId),
+    BootTimeout,
+}
+
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub(crate) command: Command,
+    pub(crate) session_id: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) reply: RpcReplyPort<Result<Value, WorkerError>>,
+}
+
+struct Pending {
+    reply: RpcReplyPort<Result<Value, WorkerError>>,
+    timer: JoinHandle<()>,
+    timeout: Duration,
+    /// Encoded and waiting for the handshake, if not sent yet.
+    unsent: Option<Bytes>,
+}
+
+/// The actor's state: the process and everything in flight on it.
+pub struct WorkerActorState {
+    worker_id: String,
+    config: WorkerConfig,
+    process: WorkerProcess,
+    writer: Option<mpsc::UnboundedSender<Bytes>>,
+    codec: MessageCodec<Request, Response>,
+    state: WorkerState,
+    pending: HashMap<RequestId, Pending>,
+    next_id: RequestId,
+    served: u64,
+    /// Why this actor killed its process, once it has.
+    kill_reason: Option<WorkerError>,
+    events: Option<broadcast::Sender<WorkerEvent>>,
+    status: watch::Sender<Status>,
+    tasks: Vec<JoinHandle<()>>,
+    _spawner: Arc<dyn SpawnStrategy>,
+}
+
+impl std::fmt::Debug for WorkerActorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerActorState")
+            .field("worker_id", &self.worker_id)
+            .field("pid", &self.process.pid())
+            .field("state", &self.state)
+            .field("in_flight", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WorkerActorState {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for (_, pending) in self.pending.drain() {
+            pending.timer.abort();
+        }
+        // Dropping `process` kills what is left; its reaper still reaps.
+    }
+}
+
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = WorkerActorState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerActorState, ActorProcessingErr> {
+        let worker_id = args.command.worker_id.clone();
+        let spawned = args.spawner.spawn(args.command).await?;
+        // Held for the process's life: a direct spawner's thread is the
+        // parent its death signal is tied to.
+        let spawner = args.spawner;
+        let mut process = WorkerProcess::new(spawned, worker_id.clone());
+        let pid = process.pid();
+        tracing::debug!(worker = %worker_id, pid, "worker process spawned");
+        args.status.send_replace(Status {
+            pid,
+            state: WorkerState::Booting,
+        });
+        if let Some(events) = &args.events {
+            let _ = events.send(WorkerEvent::Spawned {
+                worker_id: worker_id.clone(),
+                pid,
+            });
+        }
+
+        let mut tasks = Vec::with_capacity(4);
+        let (writer, outbox) = mpsc::unbounded_channel();
+        if let Some(stdin) = process.take_stdin() {
+            tasks.push(tokio::spawn(write_frames(stdin, outbox, myself.clone())));
+        }
+        let (read_all, reader_done) = tokio::sync::oneshot::channel::<()>();
+        if let Some(stdout) = process.take_stdout() {
+            let frames = FramedRead::new(stdout, MessageCodec::new(args.config.max_frame));
+            let me = myself.clone();
+            tasks.push(tokio::spawn(async move {
+                read_frames(frames, me).await;
+                drop(read_all);
+            }));
+        }
+        let mut exit = process.exit_watch();
+        let me = myself.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = exit.wait_for(Option::is_some).await;
+            // Replies written just before the exit are delivered first.
+            let _ = tokio::time::timeout(READ_SETTLE, reader_done).await;
+            let _ = me.send_message(WorkerMsg(Inner::Exited));
+        }));
+        let me = myself.clone();
+        let boot_timeout = args.config.boot_timeout;
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(boot_timeout).await;
+            let _ = me.send_message(WorkerMsg(Inner::BootTimeout));
+        }));
+
+        Ok(WorkerActorState {
+            worker_id,
+            config: args.config,
+            codec: MessageCodec::new(args.config.max_frame),
+            process,
+            writer: Some(writer),
+            state: WorkerState::Booting,
+            pending: HashMap::new(),
+            next_id: 1,
+            served: 0,
+            kill_reason: None,
+            events: args.events,
+            status: args.status,
+            tasks,
+            _spawner: spawner,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        WorkerMsg(message): WorkerMsg,
+        state: &mut WorkerActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            Inner::Call(call) => state.call(&myself, *call),
+            Inner::Info(reply) => {
+                let _ = reply.send(state.info());
+            }
+            Inner::CloseStdin => {
+                state.writer.take();
+            }
+            Inner::Frame(Ok(response)) => state.on_response(response),
+            Inner::Frame(Err(error)) => state.stream_unusable(error),
+            Inner::WriteFailed(error) => {
+                // A closed stdin means the process is going; its exit follows.
+                tracing::debug!(worker = %state.worker_id, pid = state.process.pid(), %error, "write to worker failed");
+            }
+            Inner::Deadline(id) => state.on_deadline(id),
+            Inner::BootTimeout => state.on_boot_timeout(),
+            Inner::Exited => return state.on_exit(&myself),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        state: &mut WorkerActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.process.try_exit().is_none() {
+            state.set_state(WorkerState::Stopping);
+            state.writer.take();
+            let exit = state.process.stop(state.config.stop_grace).await;
+            tracing::debug!(worker = %state.worker_id, pid = state.process.pid(), %exit, "worker stopped");
+            state.publish_exit(exit, true);
+            state.fail_pending(exit);
+        }
+        Ok(())
+    }
+}
+
+impl WorkerActorState {
+    fn call(&mut self, myself: &ActorRef<WorkerMsg>, call: Call) {
+        let id = self.next_id;
+        let timeout = call.timeout.unwrap_or(self.config.request_timeout);
+        let mut request = Request::new(id, call.command)
+            .with_deadline_ms(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        request.session_id = call.session_id;
+        let mut frame = BytesMut::new();
+        if let Err(error) = self.codec.encode(&request, &mut frame) {
+            // Refused before any byte reached the worker: it stays as it was.
+            let _ = call.reply.send(Err(WorkerError::Refused(Arc::new(error))));
+            return;
+        }
+        if matches!(self.state, WorkerState::Stopping | WorkerState::Exited(_)) {
+            let _ = call.reply.send(Err(self.unavailable()));
+            return;
+        }
+        self.next_id += 1;
+        let frame = frame.freeze();
+        let unsent = match self.state {
+            WorkerState::Ready(_) => {
+                self.send_frame(frame);
+                None
+            }
+            _ => Some(frame),
+        };
+        let me = myself.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let _ = me.send_message(WorkerMsg(Inner::Deadline(id)));
+        });
+        self.pending.insert(
+            id,
+            Pending {
+                reply: call.reply,
+                timer,
+                timeout,
+                unsent,
+            },
+        );
+    }
+
+    fn send_frame(&mut self, frame: Bytes) {
+        if let Some(writer) = &self.writer {
+            // A failed send means the writer has ended; the exit will follow.
+            let _ = writer.send(frame);
+        }
+    }
+
+    fn on_response(&mut self, response: Response) {
+        if response.id == 0 {
+            return self.on_id_zero(response);
+        }
+        let Some(pending) = self.pending.remove(&response.id) else {
+            if response.id >= self.next_id {
+                return self.stream_unusable(Arc::new(ProtocolError::Shape(format!(
+                    "reply for request id {} which was never sent",
+                    response.id
+                ))));
+            }
+            tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "dropping a reply whose request is no longer pending");
+            return;
+        };
+        pending.timer.abort();
+        self.served += 1;
+        let outcome = response.outcome.map_err(WorkerError::Remote);
+        if pending.reply.send(outcome).is_err() {
+            tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "caller gave up before the reply; dropped");
+        }
+    }
+
+    fn on_id_zero(&mut self, response: Response) {
+        if self.state != WorkerState::Booting {
+            // After the handshake, id 0 means the worker could not decode a
+            // frame we sent: the two sides disagree about the stream.
+            let reason = match &response.outcome {
+                Err(error) if error.kind == ErrorKind::ProtocolError => error.message.clone(),
+                _ => "unexpected frame with id 0".to_owned(),
+            };
+            return self.stream_unusable(Arc::new(ProtocolError::Shape(reason)));
+        }
+        match response.into_ready() {
+            Ok(ready) => {
+                tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), python = %ready.python, dspy = ?ready.dspy, "worker ready");
+                self.set_state(WorkerState::Ready(ready));
+                self.emit(WorkerEvent::Ready {
+                    worker_id: self.worker_id.clone(),
+                    pid: self.process.pid(),
+                });
+                let mut unsent: Vec<(RequestId, Bytes)> = self
+                    .pending
+                    .iter_mut()
+                    .filter_map(|(id, p)| Some((*id, p.unsent.take()?)))
+                    .collect();
+                unsent.sort_by_key(|(id, _)| *id);
+                for (_, frame) in unsent {
+                    self.send_frame(frame);
+                }
+            }
+            Err(error) => self.stream_unusable(Arc::new(error)),
+        }
+    }
+
+    /// G7: the stream cannot be trusted any more. Kill the process; its exit
+    /// fails the actor with this reason.
+    fn stream_unusable(&mut self, error: Arc<ProtocolError>) {
+        tracing::warn!(worker = %self.worker_id, pid = self.process.pid(), %error, "protocol violation; killing the worker");
+        self.kill(WorkerError::Protocol {
+            worker_id: self.worker_id.clone(),
+            error,
+        });
+    }
+
+    fn on_deadline(&mut self, id: RequestId) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let error = WorkerError::RequestTimeout {
+            worker_id: self.worker_id.clone(),
+            after: pending.timeout,
+        };
+        let _ = pending.reply.send(Err(error.clone()));
+        if pending.unsent.is_none() {
+            tracing::warn!(worker = %self.worker_id, pid = self.process.pid(), id, timeout = ?pending.timeout, "request timed out; killing the worker");
+            self.kill(error);
+        }
+    }
+
+    fn on_boot_timeout(&mut self) {
+        if self.state == WorkerState::Booting {
+            let after = self.config.boot_timeout;
+            tracing::warn!(worker = %self.worker_id, pid = self.process.pid(), ?after, "no ready handshake; killing the worker");
+            self.kill(WorkerError::BootTimeout {
+                worker_id: self.worker_id.clone(),
+                after,
+                stderr_tail: self.process.stderr_tail().snapshot(),
+            });
+        }
+    }
+
+    fn kill(&mut self, reason: WorkerError) {
+        self.kill_reason.get_or_insert(reason);
+        self.writer.take();
+        self.process.kill();
+    }
+
+    fn on_exit(&mut self, myself: &ActorRef<WorkerMsg>) -> Result<(), ActorProcessingErr> {
+        let exit = self
+            .process
+            .try_exit()
+            .unwrap_or(crate::process::Exit::Code(-1));
+        let requested = self.state == WorkerState::Stopping;
+        self.publish_exit(exit, requested);
+        self.fail_pending(exit);
+        if requested {
+            myself.stop(Some("stopped".to_owned()));
+            return Ok(());
+        }
+        let cause = self.kill_reason.take().unwrap_or_else(|| self.exited(exit));
+        tracing::warn!(worker = %self.worker_id, pid = self.process.pid(), %exit, "worker failed: {cause}");
+        Err(Box::new(cause))
+    }
+
+    fn publish_exit(&mut self, exit: crate::process::Exit, requested: bool) {
+        self.set_state(WorkerState::Exited(exit));
+        self.emit(WorkerEvent::Exited {
+            worker_id: self.worker_id.clone(),
+            pid: self.process.pid(),
+            exit,
+            requested,
+        });
+    }
+
+    fn fail_pending(&mut self, exit: crate::process::Exit) {
+        let error = self.exited(exit);
+        for (_, pending) in self.pending.drain() {
+            pending.timer.abort();
+            let _ = pending.reply.send(Err(error.clone()));
+        }
+    }
+
+    fn exited(&self, exit: crate::process::Exit) -> WorkerError {
+        WorkerError::WorkerExited {
+            worker_id: self.worker_id.clone(),
+            pid: self.process.pid(),
+            exit,
+            stderr_tail: self.process.stderr_tail().snapshot(),
+        }
+    }
+
+    fn unavailable(&self) -> WorkerError {
+        WorkerError::Unavailable {
+            worker_id: self.worker_id.clone(),
+        }
+    }
+
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            worker_id: self.worker_id.clone(),
+            pid: self.process.pid(),
+            state: self.state.clone(),
+            in_flight: self.pending.len(),
+            served: self.served,
+        }
+    }
+
+    fn set_state(&mut self, state: WorkerState) {
+        self.state = state.clone();
+        self.status.send_replace(Status {
+            pid: self.process.pid(),
+            state,
+        });
+    }
+
+    fn emit(&self, event: WorkerEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+}
+
+async fn write_frames(
+    mut stdin: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    mut outbox: mpsc::UnboundedReceiver<Bytes>,
+    myself: ActorRef<WorkerMsg>,
+) {
+    while let Some(frame) = outbox.recv().await {
+        if let Err(error) = stdin.write_all(&frame).await {
+            let _ = myself.send_message(WorkerMsg(Inner::WriteFailed(error.to_string())));
+            return;
+        }
+    }
+    // The actor closed the outbox: dropping stdin is the worker's EOF.
+}
+
+async fn read_frames(
+    mut frames: FramedRead<
+        Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        MessageCodec<Request, Response>,
+    >,
+    myself: ActorRef<WorkerMsg>,
+) {
+    while let Some(frame) = frames.next().await {
+        let failed = frame.is_err();
+        let message = WorkerMsg(Inner::Frame(frame.map_err(Arc::new)));
+        if myself.send_message(message).is_err() || failed {
+            return;
+        }
+    }
+}

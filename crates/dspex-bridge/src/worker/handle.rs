@@ -1,0 +1,195 @@
+//! [`WorkerHandle`]: the typed API of one worker actor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dspex_protocol::{Command, Ready, Value};
+use ractor::{Actor, ActorCell, ActorRef};
+use tokio::sync::{oneshot, watch};
+
+use super::actor::{Call, Inner, Status};
+use super::{Worker, WorkerArgs, WorkerConfig, WorkerEvent, WorkerInfo, WorkerMsg, WorkerState};
+use crate::WorkerError;
+use crate::process::{SpawnStrategy, WorkerCommand};
+
+/// Per-call options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The session the request belongs to.
+    pub session_id: Option<String>,
+    /// Overrides the worker's request timeout for this call.
+    pub timeout: Option<Duration>,
+}
+
+/// A cloneable handle to one worker actor.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    actor: ActorRef<WorkerMsg>,
+    worker_id: Arc<str>,
+    status: watch::Receiver<Status>,
+}
+
+impl WorkerHandle {
+    /// Starts a worker actor (and its process), linked to `supervisor` if
+    /// given. Returns once the process is spawned; see [`WorkerHandle::ready`].
+    ///
+    /// # Cancel safety
+    /// If the future is dropped after the actor started, the actor keeps
+    /// running unsupervised by this caller; stop it through its supervisor.
+    ///
+    /// # Errors
+    /// [`WorkerError::Spawn`] if the process could not be started.
+    pub async fn spawn(
+        command: WorkerCommand,
+        spawner: Arc<dyn SpawnStrategy>,
+        config: WorkerConfig,
+        events: Option<tokio::sync::broadcast::Sender<WorkerEvent>>,
+        supervisor: Option<ActorCell>,
+    ) -> Result<Self, WorkerError> {
+        let worker_id: Arc<str> = command.worker_id.as_str().into();
+        let (status_tx, status) = watch::channel(Status {
+            pid: 0,
+            state: WorkerState::Booting,
+        });
+        let args = WorkerArgs {
+            command,
+            spawner,
+            config,
+            events,
+            status: status_tx,
+        };
+        let started = match supervisor {
+            Some(supervisor) => Actor::spawn_linked(None, Worker, args, supervisor).await,
+            None => Actor::spawn(None, Worker, args).await,
+        };
+        let (actor, _join) = started.map_err(|error| spawn_error(&worker_id, error))?;
+        Ok(Self {
+            actor,
+            worker_id,
+            status,
+        })
+    }
+
+    /// The worker id.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// The OS pid of the worker's process.
+    pub fn pid(&self) -> u32 {
+        self.status.borrow().pid
+    }
+
+    /// The worker's state as last published.
+    pub fn state(&self) -> WorkerState {
+        self.status.borrow().state.clone()
+    }
+
+    /// The actor, for linking and supervision.
+    pub fn actor(&self) -> &ActorRef<WorkerMsg> {
+        &self.actor
+    }
+
+    /// Waits for the ready handshake.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes.
+    ///
+    /// # Errors
+    /// [`WorkerError::Unavailable`] if the worker exits or stops first.
+    pub async fn ready(&self) -> Result<Ready, WorkerError> {
+        let mut status = self.status.clone();
+        let seen = status
+            .wait_for(|s| !matches!(s.state, WorkerState::Booting))
+            .await
+            .map(|s| s.state.clone());
+        match seen {
+            Ok(WorkerState::Ready(ready)) => Ok(ready),
+            _ => Err(self.unavailable()),
+        }
+    }
+
+    /// Sends a command and waits for its reply.
+    ///
+    /// # Cancel safety
+    /// Dropping the future after the request was sent leaves the request
+    /// running on the worker; its reply is dropped by request id when it comes
+    /// back and the worker stays in service. The request timeout still applies
+    /// on the worker's side.
+    ///
+    /// # Errors
+    /// [`WorkerError::Remote`] for a structured error reply (worker kept);
+    /// [`WorkerError::RequestTimeout`], [`WorkerError::WorkerExited`] or
+    /// [`WorkerError::Protocol`] when the worker failed (it is replaced);
+    /// [`WorkerError::Refused`] for a request too large to send;
+    /// [`WorkerError::Unavailable`] if the actor is gone.
+    pub async fn call(&self, command: Command, options: CallOptions) -> Result<Value, WorkerError> {
+        let (reply, answer) = oneshot::channel();
+        let call = Call {
+            command,
+            session_id: options.session_id,
+            timeout: options.timeout,
+            reply: reply.into(),
+        };
+        self.actor
+            .send_message(WorkerMsg(Inner::Call(Box::new(call))))
+            .map_err(|_| self.unavailable())?;
+        answer.await.unwrap_or_else(|_| Err(self.unavailable()))
+    }
+
+    /// A snapshot of the worker.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    ///
+    /// # Errors
+    /// [`WorkerError::Unavailable`] if the actor is gone.
+    pub async fn info(&self) -> Result<WorkerInfo, WorkerError> {
+        let (reply, answer) = oneshot::channel();
+        self.actor
+            .send_message(WorkerMsg(Inner::Info(reply.into())))
+            .map_err(|_| self.unavailable())?;
+        answer.await.map_err(|_| self.unavailable())
+    }
+
+    /// Closes the worker's stdin (the worker should exit on the EOF). A test
+    /// hook for the EOF guarantee; in service, stop the worker instead.
+    pub fn close_stdin(&self) {
+        let _ = self.actor.send_message(WorkerMsg(Inner::CloseStdin));
+    }
+
+    /// Stops the worker (escalating stop of its process) and waits until the
+    /// actor is gone and the process reaped.
+    ///
+    /// # Cancel safety
+    /// The stop proceeds even if the future is dropped.
+    pub async fn stop(&self) {
+        let _ = self
+            .actor
+            .stop_and_wait(Some("stop requested".into()), None)
+            .await;
+    }
+
+    fn unavailable(&self) -> WorkerError {
+        WorkerError::Unavailable {
+            worker_id: self.worker_id.to_string(),
+        }
+    }
+}
+
+fn spawn_error(worker_id: &str, error: ractor::SpawnErr) -> WorkerError {
+    let source = match error {
+        ractor::SpawnErr::StartupFailed(inner) => {
+            match inner.downcast::<crate::process::SpawnError>() {
+                Ok(spawn) => return WorkerError::Spawn(Arc::new(*spawn)),
+                Err(other) => std::io::Error::other(other.to_string()),
+            }
+        }
+        other => std::io::Error::other(other.to_string()),
+    };
+    WorkerError::Spawn(Arc::new(crate::process::SpawnError {
+        worker_id: worker_id.to_owned(),
+        interpreter: Default::default(),
+        source,
+    }))
+}

@@ -1,0 +1,123 @@
+//! The worker actor: one ractor actor owning one Python process.
+//!
+//! Semantics:
+//! - **Start.** `pre_start` spawns the process through the tree's
+//!   [`SpawnStrategy`] and returns at once; a spawn failure fails the start
+//!   (the supervisor counts it as a restart). The worker becomes *ready* when
+//!   the handshake frame arrives; calls made before are queued and sent then.
+//!   No handshake within `boot_timeout` kills the process and fails the actor.
+//! - **Calls.** Each call gets a fresh request id and its own reply port;
+//!   replies are matched by id only. A reply whose id is not pending (its
+//!   caller gave up) is dropped and logged, so it never reaches anyone else.
+//!   A request larger than `max_frame` is refused before anything is written
+//!   and the worker is untouched. Several requests may be in flight at once.
+//! - **Deadline.** A request unanswered after its timeout gets
+//!   [`WorkerError::RequestTimeout`]; the worker is killed (SIGKILL to its
+//!   group), reaped and fails, so its supervisor replaces it.
+//! - **Exit.** When the process exits, every pending caller gets
+//!   [`WorkerError::WorkerExited`] with the exit and the stderr tail, and the
+//!   actor fails with the same text (a clean exit nobody asked for is a
+//!   failure too).
+//! - **Bad stream (G7).** An oversize, undecodable or mismatched frame marks
+//!   the stream unusable: the process is killed and the actor fails.
+//! - **Stop.** Stopping the actor stops the process with the escalation of
+//!   [`WorkerProcess::stop`] and reaps it before the actor is gone; pending
+//!   callers get [`WorkerError::WorkerExited`].
+
+mod actor;
+mod handle;
+
+use std::time::Duration;
+
+use dspex_protocol::{DEFAULT_MAX_FRAME, Ready};
+
+pub use actor::{Worker, WorkerArgs, WorkerMsg};
+pub use handle::{CallOptions, WorkerHandle};
+
+use crate::process::{Exit, StopGrace};
+
+#[allow(unused_imports)] // for the module docs
+use crate::{WorkerError, process::SpawnStrategy, process::WorkerProcess};
+
+/// Timeouts and limits of one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// The default timeout of a request.
+    pub request_timeout: Duration,
+    /// How long the worker may take to send its ready handshake.
+    pub boot_timeout: Duration,
+    /// The largest frame body accepted or sent.
+    pub max_frame: usize,
+    /// The grace periods of a stop.
+    pub stop_grace: StopGrace,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            boot_timeout: Duration::from_secs(60),
+            max_frame: DEFAULT_MAX_FRAME,
+            stop_grace: StopGrace::default(),
+        }
+    }
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerState {
+    /// The process is starting; no handshake yet.
+    Booting,
+    /// The handshake arrived; the worker serves requests.
+    Ready(Ready),
+    /// The worker is being stopped.
+    Stopping,
+    /// The process has exited.
+    Exited(Exit),
+}
+
+/// A snapshot of one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The worker id.
+    pub worker_id: String,
+    /// The OS pid of its process.
+    pub pid: u32,
+    /// Its state.
+    pub state: WorkerState,
+    /// Requests sent and not yet answered.
+    pub in_flight: usize,
+    /// Requests answered since start.
+    pub served: u64,
+}
+
+/// Something that happened to a worker, for observers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerEvent {
+    /// The process was started.
+    Spawned {
+        /// The worker id.
+        worker_id: String,
+        /// Its OS pid.
+        pid: u32,
+    },
+    /// The handshake arrived.
+    Ready {
+        /// The worker id.
+        worker_id: String,
+        /// Its OS pid.
+        pid: u32,
+    },
+    /// The process exited and was reaped.
+    Exited {
+        /// The worker id.
+        worker_id: String,
+        /// Its OS pid.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+        /// Whether the worker's owner asked for it (a stop), rather than a crash.
+        requested: bool,
+    },
+}
