@@ -10,7 +10,7 @@ if os.environ.get("DSPEX_TEST_FAIL_IMPORT") == "1":
         "No module named 'dspy_missing_dependency'", name="dspy_missing_dependency"
     )
 
-from dspex_bridge.server import main  # noqa: E402
+from dspex_bridge.server import main
 
 if __name__ == "__main__":
     main()

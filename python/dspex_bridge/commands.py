@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import threading
 import time
@@ -283,7 +284,8 @@ def _normalise_module(module: Any) -> str:
     kind = MODULE_ALIASES.get(key)
     if kind is None:
         raise InvalidArguments(
-            f"unknown module {module!r}", {"field": "module", "module": module, "available": list(MODULES)}
+            f"unknown module {module!r}",
+            {"field": "module", "module": module, "available": list(MODULES)},
         )
     return kind
 
@@ -348,7 +350,9 @@ def build_program(program_id: str, definition: dict[str, Any]) -> Program:
 def _definition_hash(definition: dict[str, Any]) -> str:
     demos = definition.get("demos")
     return program_hash(
-        definition.get("signature"), definition.get("module", "predict"), [] if demos is None else demos
+        definition.get("signature"),
+        definition.get("module", "predict"),
+        [] if demos is None else demos,
     )
 
 
@@ -411,7 +415,9 @@ def _lookup(state: WorkerState, program_id: str) -> Program:
     with state.lock:
         program = state.programs.get(program_id)
     if program is None:
-        raise ProgramNotFound(f"no program {program_id!r} on this worker", {"program_id": program_id})
+        raise ProgramNotFound(
+            f"no program {program_id!r} on this worker", {"program_id": program_id}
+        )
     return program
 
 
@@ -471,13 +477,34 @@ def _make_module(program: Program) -> Any:
     return module
 
 
+_FAILED_FIELD = re.compile(r"Failed to parse field (\w+)")
+
+
+def _unparsed_fields(exc: Any) -> list[str]:
+    """The output fields an ``AdapterParseError`` could not produce."""
+    match = _FAILED_FIELD.search(str(exc))
+    if match:
+        return [match.group(1)]
+    expected = list(getattr(getattr(exc, "signature", None), "output_fields", {}) or {})
+    parsed = getattr(exc, "parsed_result", None)
+    if isinstance(parsed, dict):
+        return [name for name in expected if name not in parsed]
+    return expected
+
+
 def _lm_failure(exc: BaseException) -> LmError | None:
     from dspy.utils.exceptions import AdapterParseError, LMError
 
     if isinstance(exc, AdapterParseError):
+        fields = _unparsed_fields(exc)
+        named = ", ".join(repr(f) for f in fields) or "?"
         return LmError(
-            f"the LM response could not be parsed: {exc}",
-            {"exception": type(exc).__name__},
+            f"the LM response could not be parsed into output field {named}: {exc}",
+            {
+                "exception": type(exc).__name__,
+                "field": fields[0] if fields else None,
+                "fields": fields,
+            },
         )
     if isinstance(exc, LMError):
         return LmError(f"the LM call failed: {exc}", {"exception": type(exc).__name__})
@@ -528,7 +555,9 @@ def execute_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
             if f.optional or f.type.allows_none():
                 outputs[f.name] = None
                 continue
-            raise LmError(f"the LM produced no value for output {f.name!r}", {"field": f.name}) from None
+            raise LmError(
+                f"the LM produced no value for output {f.name!r}", {"field": f.name}
+            ) from None
         outputs[f.name] = convert_output(f.effective_type, value, f.name)
     with ctx.state.lock:
         program.executions += 1

@@ -17,7 +17,10 @@ in that adapter's format, deterministically from the signature and the input val
   int → ``n % 1000``, float → ``(n % 100000) / 100``, bool → ``n`` odd, literal/enum → member
   ``n % len``, arrays → two items, maps → keys ``k0``/``k1`` (or the declared properties),
   ``anyOf`` with null → the non-null branch; ``n`` is derived from ``h`` and the value's path;
-* ``latency_ms`` sleeps before answering (simulated latency).
+* ``latency_ms`` sleeps before answering (simulated latency);
+* both DSPy adapters are understood: ChatAdapter (``[[ ## field ## ]]`` sections) and
+  JSONAdapter (a JSON object, also used when a ``response_format`` is requested);
+* ``fail_fields`` (test aid) makes the named output fields unusable so the adapter fails.
 
 Same inputs give the same outputs; nothing leaves the process.
 """
@@ -45,6 +48,9 @@ LM_CACHE_SIZE = 16
 _HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]")
 _LISTED_FIELD = re.compile(r"^\d+\. `(\w+)`", re.MULTILINE)
 _NOTE = re.compile(r"^\{(\w+)\}\s+# note: the value you produce (.*)$", re.MULTILINE)
+_JSON_MARKER = "Outputs will be a JSON object"
+UNPARSEABLE = "<<unparseable>>"
+_REMINDER = "\n\nRespond with "
 
 _STRING_KEYS = ("api_key", "api_base", "base_url", "api_version")
 _KNOWN_KEYS = frozenset(
@@ -54,6 +60,7 @@ _KNOWN_KEYS = frozenset(
         "max_tokens",
         "latency_ms",
         "seed",
+        "fail_fields",
         "cache",
         "num_retries",
         "model_type",
@@ -89,6 +96,7 @@ class LmConfig:
     options: dict[str, Any]
     latency_ms: float = 0.0
     seed: str = ""
+    fail_fields: tuple[str, ...] = ()
 
     @property
     def dummy(self) -> bool:
@@ -96,8 +104,13 @@ class LmConfig:
 
     def key(self) -> str:
         return json.dumps(
-            {"model": self.model, "options": self.options, "latency_ms": self.latency_ms,
-             "seed": self.seed},
+            {
+                "model": self.model,
+                "options": self.options,
+                "latency_ms": self.latency_ms,
+                "seed": self.seed,
+                "fail_fields": self.fail_fields,
+            },
             sort_keys=True,
             separators=(",", ":"),
             default=str,
@@ -175,6 +188,17 @@ def parse_lm_config(raw: Any) -> LmConfig:
         raise InvalidArguments(
             "'latency_ms' only applies to the dummy model", {"field": "latency_ms"}
         )
+    fail_fields = raw.get("fail_fields") or []
+    if not isinstance(fail_fields, list) or not all(
+        isinstance(f, str) and f.isidentifier() for f in fail_fields
+    ):
+        raise InvalidArguments(
+            "'fail_fields' must be a list of field names", {"field": "fail_fields"}
+        )
+    if fail_fields and not dummy:
+        raise InvalidArguments(
+            "'fail_fields' only applies to the dummy model", {"field": "fail_fields"}
+        )
     for key, value in raw.items():
         if key in _KNOWN_KEYS:
             continue
@@ -184,7 +208,13 @@ def parse_lm_config(raw: Any) -> LmConfig:
             raise InvalidArguments(f"LM config {key!r} has an unsupported value", {"field": key})
         if not dummy:
             options[key] = value
-    return LmConfig(model=model, options=options, latency_ms=float(latency), seed=str(seed))
+    return LmConfig(
+        model=model,
+        options=options,
+        latency_ms=float(latency),
+        seed=str(seed),
+        fail_fields=tuple(fail_fields),
+    )
 
 
 @dataclass
@@ -205,10 +235,12 @@ def build_lm(config: LmConfig) -> LmHandle:
 
     try:
         if config.dummy:
-            options = {k: v for k, v in config.options.items() if k in ("temperature", "max_tokens")}
+            options = {
+                k: v for k, v in config.options.items() if k in ("temperature", "max_tokens")
+            }
             lm = dspy.LM(
                 DUMMY_MODEL,
-                engine=DummyEngine(latency_ms=config.latency_ms, seed=config.seed),
+                engine=DummyEngine(config.latency_ms, config.seed, config.fail_fields),
                 cache=False,
                 num_retries=0,
                 **options,
@@ -268,6 +300,25 @@ class _OutputField:
     note: str
 
 
+def _json_structure_notes(system: str) -> dict[str, str]:
+    """Type notes from JSONAdapter's structure block (a JSON object of note strings)."""
+    start = system.find(_JSON_MARKER)
+    brace = system.find("{", start) if start >= 0 else -1
+    if brace < 0:
+        return {}
+    try:
+        block, _ = json.JSONDecoder().raw_decode(system, brace)
+    except ValueError:
+        return {}
+    notes: dict[str, str] = {}
+    if isinstance(block, dict):
+        for value in block.values():
+            if isinstance(value, str):
+                for name, note in _NOTE.findall(value):
+                    notes[name] = note.strip()
+    return notes
+
+
 def _parse_prompt(system: str) -> tuple[list[str], list[_OutputField]]:
     """(input names, output fields with their type notes) from an adapter's system message."""
     inputs = _LISTED_FIELD.findall(_section(system, "Your input fields are:", "Your output fields"))
@@ -275,10 +326,16 @@ def _parse_prompt(system: str) -> tuple[list[str], list[_OutputField]]:
         _section(system, "Your output fields are:", "All interactions will be structured")
     )
     notes = {name: note.strip() for name, note in _NOTE.findall(system)}
+    notes.update(_json_structure_notes(system))
     return inputs, [_OutputField(name, notes.get(name, "")) for name in outputs]
 
 
 def _input_digest(user_text: str, input_names: list[str], seed: str) -> str:
+    # The adapters append their output reminder ("Respond with ...") as a last paragraph;
+    # it describes the outputs, not the inputs, so it is not hashed.
+    cut = user_text.rfind(_REMINDER)
+    if cut >= 0:
+        user_text = user_text[:cut]
     sections: dict[str, list[str]] = {}
     current: str | None = None
     for line in user_text.splitlines():
@@ -422,21 +479,38 @@ class DummyEngine:
     supports_response_schema = False
     supported_params: tuple[str, ...] = ()
 
-    def __init__(self, latency_ms: float = 0.0, seed: str = "") -> None:
+    def __init__(
+        self, latency_ms: float = 0.0, seed: str = "", fail_fields: tuple[str, ...] = ()
+    ) -> None:
         self.latency_ms = latency_ms
         self.seed = seed
+        self.fail_fields = frozenset(fail_fields)
 
     def answer(self, system: str, user: str, json_mode: bool = False) -> str:
-        """The completion text for a rendered prompt (exposed for tests)."""
+        """The completion text for a rendered prompt (exposed for tests).
+
+        Fields named in ``fail_fields`` (a test aid) come out unusable: a text field is left
+        out, any other gets a value no parser accepts.
+        """
         input_names, outputs = _parse_prompt(system)
         digest = _input_digest(user, input_names, self.seed)
         gen = _Generator(digest, input_names)
         if not outputs:
             return f"dummy: {digest[:8]}"
-        values = [(out.name, *gen.field_value(out)) for out in outputs]
+        json_mode = json_mode or _JSON_MARKER in system
+        values: list[tuple[str, Any, bool]] = []
+        for out in outputs:
+            value, is_text = gen.field_value(out)
+            if out.name in self.fail_fields:
+                if is_text:
+                    continue
+                value, is_text = UNPARSEABLE, True
+            values.append((out.name, value, is_text))
         if json_mode:
             return json.dumps({name: value for name, value, _ in values}, ensure_ascii=False)
-        parts = [f"[[ ## {name} ## ]]\n{_render(value, is_text)}" for name, value, is_text in values]
+        parts = [
+            f"[[ ## {name} ## ]]\n{_render(value, is_text)}" for name, value, is_text in values
+        ]
         parts.append("[[ ## completed ## ]]")
         return "\n\n".join(parts)
 

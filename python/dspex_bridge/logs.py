@@ -52,7 +52,9 @@ def setup_logging(worker_id: str, level: str | None = None) -> None:
     def thread_excepthook(args: threading.ExceptHookArgs) -> None:
         if args.exc_type is SystemExit:
             return
-        text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+        text = "".join(
+            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        )
         name = args.thread.name if args.thread is not None else "?"
         logging.getLogger("dspex_bridge").error("uncaught exception in thread %s: %s", name, text)
 

@@ -8,6 +8,7 @@ to stdout can never corrupt the stream.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -98,10 +99,8 @@ def claim_protocol_fd() -> int:
 
     Returns the private protocol fd (close-on-exec, so children never inherit it).
     """
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
     proto_fd = os.dup(1)
     os.set_inheritable(proto_fd, False)
     os.dup2(2, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata
 import logging
@@ -136,10 +137,8 @@ class Server:
         return self._dspy
 
     def exit_now(self, code: int) -> NoReturn:
-        try:
+        with contextlib.suppress(Exception):
             sys.stdout.flush()
-        except Exception:  # noqa: BLE001 - exiting regardless
-            pass
         os._exit(code)
 
     def shutdown(self, code: int) -> None:
@@ -239,9 +238,7 @@ class Server:
             or isinstance(request_id, bool)
             or not 0 < request_id <= MAX_REQUEST_ID
         ):
-            self.protocol_error(
-                "request has no valid id (an integer > 0)", {"reason": "bad_id"}
-            )
+            self.protocol_error("request has no valid id (an integer > 0)", {"reason": "bad_id"})
             return
         command = message.get("command")
         if not isinstance(command, str) or not command:
@@ -336,10 +333,8 @@ class Server:
 def _install_signal_handlers() -> None:
     def on_term(signum: int, frame: Any) -> None:
         log.info("received %s; exiting", signal.Signals(signum).name)
-        try:
+        with contextlib.suppress(Exception):
             sys.stdout.flush()
-        except Exception:  # noqa: BLE001
-            pass
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
@@ -370,7 +365,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
             log.error("dspy is not importable: %s", exc)
     try:
         code = server.run()
-    except Exception:  # noqa: BLE001 - the loop itself failed: log and exit non-zero
+    except Exception:
         log.exception("worker loop failed")
         code = 1
     server.exit_now(code)

@@ -252,9 +252,7 @@ def check_field_name(name: Any, where: str) -> str:
     if not isinstance(name, str) or not name:
         raise SignatureError(f"{where}: field name must be a non-empty string", {"field": name})
     if not name.isidentifier() or not name.isascii():
-        raise SignatureError(
-            f"{where}: field name {name!r} is not an identifier", {"field": name}
-        )
+        raise SignatureError(f"{where}: field name {name!r} is not an identifier", {"field": name})
     if keyword.iskeyword(name):
         raise SignatureError(f"{where}: field name {name!r} is a Python keyword", {"field": name})
     if name.startswith("_"):
@@ -283,9 +281,7 @@ def _parse_field(raw: Any, where: str) -> FieldSpec:
         ) from None
     description = raw.get("description", raw.get("desc"))
     if description is not None and not isinstance(description, str):
-        raise SignatureError(
-            f"{where}: description of {name!r} must be a string", {"field": name}
-        )
+        raise SignatureError(f"{where}: description of {name!r} must be a string", {"field": name})
     optional = raw.get("optional", False)
     if optional is None:
         optional = False
@@ -492,7 +488,7 @@ def build_dspy_signature(spec: SignatureSpec) -> Any:
             fields[f.name] = (f.effective_type.annotation(), factory(**kwargs))
     try:
         return dspy.make_signature(fields, spec.instructions or None, signature_name=spec.name)
-    except Exception as exc:  # noqa: BLE001 - DSPy/pydantic refusals become SignatureError
+    except Exception as exc:
         raise SignatureError(
             f"DSPy rejected the signature: {exc}", {"exception": type(exc).__name__}
         ) from exc

@@ -1,0 +1,296 @@
+"""Fixtures that run the real worker as a subprocess and speak the protocol to it."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+PYTHON_DIR = Path(__file__).resolve().parents[1]
+HEADER = struct.Struct(">I")
+READ_LIMIT = 64 * 1024 * 1024
+DEFAULT_TIMEOUT = 10.0
+
+
+class Oversize:
+    """The worker wrote a header larger than the test reader accepts."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class Worker:
+    """A worker subprocess, its frames (read by a thread) and its stderr lines."""
+
+    def __init__(
+        self, env: dict[str, str] | None = None, args: list[str] | None = None, *, lazy: bool = True
+    ) -> None:
+        full_env = dict(os.environ)
+        for key in list(full_env):
+            if key.startswith("DSPEX_"):
+                del full_env[key]
+        full_env["PYTHONPATH"] = str(PYTHON_DIR)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        if lazy:
+            full_env["DSPEX_LAZY_DSPY"] = "1"
+        full_env.update(env or {})
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dspex_bridge", *(args or [])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=str(PYTHON_DIR),
+            start_new_session=True,
+        )
+        self.frames: queue.Queue[Any] = queue.Queue()
+        self.pending: dict[int, dict[str, Any]] = {}
+        self.stderr_lines: list[str] = []
+        self.stderr_bytes = 0
+        self.ready: dict[str, Any] = {}
+        self._stderr_cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._write_lock = threading.Lock()
+        threading.Thread(target=self._read_frames, daemon=True).start()
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    # -- background readers -----------------------------------------------------------
+
+    def _read_exact(self, n: int) -> bytes | None:
+        assert self.proc.stdout is not None
+        chunks = []
+        while n > 0:
+            chunk = self.proc.stdout.read1(min(n, 1 << 20))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def _read_frames(self) -> None:
+        while True:
+            header = self._read_exact(HEADER.size)
+            if header is None:
+                self.frames.put(EOFError())
+                return
+            (size,) = HEADER.unpack(header)
+            if size > READ_LIMIT:
+                self.frames.put(Oversize(size))
+                return
+            body = self._read_exact(size)
+            if body is None:
+                self.frames.put(EOFError())
+                return
+            try:
+                self.frames.put(msgpack.unpackb(body, raw=False))
+            except (ValueError, msgpack.UnpackException) as exc:
+                self.frames.put(("undecodable", body, exc))
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace")
+            with self._stderr_cond:
+                self.stderr_lines.append(line)
+                self.stderr_bytes += len(raw)
+                if len(self.stderr_lines) > 20000:
+                    del self.stderr_lines[:10000]
+                self._stderr_cond.notify_all()
+        with self._stderr_cond:
+            self.stderr_lines.append("<EOF>")
+            self._stderr_cond.notify_all()
+
+    # -- protocol -----------------------------------------------------------------------
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send_raw(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        with self._write_lock:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+
+    def send_body(self, body: bytes) -> None:
+        self.send_raw(HEADER.pack(len(body)) + body)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_body(msgpack.packb(message, use_bin_type=True))
+
+    def recv(self, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """The next frame (a decoded map, ``Oversize``, ``EOFError`` or undecodable tuple)."""
+        try:
+            return self.frames.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no frame from the worker within {timeout} s") from None
+
+    def handshake(self, timeout: float = 30.0) -> dict[str, Any]:
+        frame = self.recv(timeout)
+        assert isinstance(frame, dict), frame
+        assert frame["id"] == 0, frame
+        assert frame["ok"] is True, frame
+        return frame["result"]
+
+    def submit(self, command: str, args: Any = None, **extra: Any) -> int:
+        request_id = extra.pop("id", None) or self.next_id()
+        message: dict[str, Any] = {"id": request_id, "command": command}
+        message["args"] = {} if args is None else args
+        message.update(extra)
+        self.send(message)
+        return request_id
+
+    def reply(self, request_id: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while request_id not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no reply to request {request_id} within {timeout} s")
+            frame = self.recv(left)
+            if not isinstance(frame, dict):
+                raise AssertionError(f"expected a reply to {request_id}, got {frame!r}")
+            self.pending[frame["id"]] = frame
+        return self.pending.pop(request_id)
+
+    def request(
+        self, command: str, args: Any = None, timeout: float = DEFAULT_TIMEOUT, **extra: Any
+    ) -> dict[str, Any]:
+        return self.reply(self.submit(command, args, **extra), timeout)
+
+    def call(self, command: str, args: Any = None, **extra: Any) -> Any:
+        """Request and return the result of a successful reply."""
+        reply = self.request(command, args, **extra)
+        assert reply["ok"] is True, reply
+        return reply["result"]
+
+    def error(self, command: str, args: Any = None, **extra: Any) -> dict[str, Any]:
+        """Request and return the error of a failure reply."""
+        reply = self.request(command, args, **extra)
+        assert reply["ok"] is False, reply
+        error = reply["error"]
+        assert set(error) == {"kind", "message", "traceback", "details"}, error
+        return error
+
+    # -- process --------------------------------------------------------------------------
+
+    def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker still running after {timeout} s") from None
+
+    def wait_stderr(self, needle: str, timeout: float = DEFAULT_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        with self._stderr_cond:
+            while True:
+                for line in self.stderr_lines:
+                    if needle in line:
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.stderr_lines and self.stderr_lines[-1] == "<EOF>"):
+                    raise AssertionError(
+                        f"{needle!r} not on stderr; tail: {self.stderr_lines[-5:]!r}"
+                    )
+                self._stderr_cond.wait(left)
+
+    def wait_stderr_bytes(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        with self._stderr_cond:
+            while self.stderr_bytes < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"only {self.stderr_bytes} of {count} stderr bytes")
+                self._stderr_cond.wait(left)
+
+    def stderr_text(self) -> str:
+        with self._stderr_cond:
+            return "".join(self.stderr_lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        else:
+            # The worker is gone; its process group may still hold grandchildren.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+
+SpawnFn = Callable[..., Worker]
+
+
+@pytest.fixture
+def spawn() -> Iterator[SpawnFn]:
+    """Start workers (lazy DSPy by default); all are killed and reaped at teardown."""
+    workers: list[Worker] = []
+
+    def start(
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        *,
+        lazy: bool = True,
+        faults: bool = True,
+        handshake: bool = True,
+    ) -> Worker:
+        full_env = dict(env or {})
+        if faults:
+            full_env.setdefault("DSPEX_TEST_FAULTS", "1")
+        worker = Worker(full_env, args, lazy=lazy)
+        workers.append(worker)
+        if handshake:
+            worker.ready = worker.handshake()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.kill()
+
+
+@pytest.fixture(scope="module")
+def dspy_worker() -> Iterator[Worker]:
+    """One worker with DSPy imported at start, shared by a test module."""
+    worker = Worker({"DSPEX_TEST_FAULTS": "1"}, ["--worker-id", "shared"], lazy=False)
+    try:
+        worker.ready = worker.handshake(60.0)
+        yield worker
+    finally:
+        worker.kill()
+
+
+def qa_signature(**overrides: Any) -> dict[str, Any]:
+    signature: dict[str, Any] = {
+        "name": "QA",
+        "instructions": "Answer the question.",
+        "inputs": [{"name": "question", "type": "str", "description": "a question"}],
+        "outputs": [{"name": "answer", "type": "str"}],
+    }
+    signature.update(overrides)
+    return signature
