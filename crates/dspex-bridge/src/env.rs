@@ -50,6 +50,9 @@ pub struct PythonConfig {
     pub test_extras: bool,
     /// Print no progress lines while creating the managed environment.
     pub quiet: bool,
+    /// Always use the managed environment, ignoring `interpreter` and
+    /// `DSPEX_PYTHON` (the project's own tests use this).
+    pub managed_only: bool,
 }
 
 /// Where the interpreter came from.
@@ -171,9 +174,11 @@ fn resolve_with(
 ) -> Result<PythonEnv, EnvError> {
     let cache = cache_dir(config, &var);
     let package_root = materialize_package(&cache)?;
-    let (interpreter, source) = if let Some(path) = &config.interpreter {
+    let explicit = config.interpreter.as_ref().filter(|_| !config.managed_only);
+    let from_env = || var(PYTHON_ENV_VAR).filter(|p| !p.is_empty() && !config.managed_only);
+    let (interpreter, source) = if let Some(path) = explicit {
         (path.clone(), InterpreterSource::Explicit)
-    } else if let Some(path) = var(PYTHON_ENV_VAR).filter(|p| !p.is_empty()) {
+    } else if let Some(path) = from_env() {
         (PathBuf::from(path), InterpreterSource::EnvVar)
     } else {
         let venv = ManagedVenv::new(&cache, &package_root, config);
