@@ -122,7 +122,9 @@ pub enum SupervisorEvent {
     ChildRestarting {
         /// The child.
         id: ChildId,
-        /// Which restart this will be for the child (1 for the first).
+        /// Which restart this will be for the child (1 for the first; 0 if
+        /// the child has not been started yet, e.g. a one-for-all sibling
+        /// still waiting for its first start).
         attempt: u32,
         /// Backoff before the start attempt.
         delay: Duration,

@@ -6,7 +6,11 @@
 //!   receives the supervisor's [`ActorCell`] and must spawn the child *linked* to
 //!   it (`Actor::spawn_linked(.., supervisor)`), so that ractor reports the
 //!   child's exit to the supervisor. It returns the child's [`ActorCell`] or a
-//!   [`StartError`].
+//!   [`StartError`]. If it fails after spawning a linked actor (say, a
+//!   handshake timed out), the supervisor kills that actor. If it names the
+//!   child, the name must carry a caller-supplied prefix (ractor names are
+//!   process-global); a restart reuses it safely because ractor unregisters a
+//!   name before it reports the exit.
 //! * A start error — including ractor's `SpawnErr::StartupFailed` when the
 //!   child's `pre_start` returns an error or panics — is handled like a crash
 //!   of the child: it counts against the restart intensity and is retried with

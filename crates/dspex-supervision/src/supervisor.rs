@@ -221,12 +221,33 @@ impl Tree {
             Err(error) => {
                 tracing::warn!(child = %spec.id, %error, "child failed to start");
                 slot.last_cause = Some(ExitCause::StartFailed(error.message().to_owned()));
+                self.kill_orphans(&spec.id).await;
                 self.emit(SupervisorEvent::StartFailed {
                     id: spec.id,
                     error: error.clone(),
                 });
                 Err(error)
             }
+        }
+    }
+
+    /// A factory that failed after spawning a linked actor leaves it running
+    /// but untracked; kill it so nothing outlives its start attempt.
+    async fn kill_orphans(&self, id: &ChildId) {
+        let orphans: Vec<ActorCell> = self
+            .myself
+            .get_children()
+            .into_iter()
+            .filter(|c| {
+                !self
+                    .slots
+                    .iter()
+                    .any(|s| s.cell.as_ref().is_some_and(|t| t.get_id() == c.get_id()))
+            })
+            .collect();
+        for orphan in orphans {
+            tracing::warn!(child = %id, actor = ?orphan.get_id(), "killing actor left by a failed start");
+            shutdown_child(id, &orphan, Duration::ZERO).await;
         }
     }
 

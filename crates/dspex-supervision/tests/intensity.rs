@@ -287,3 +287,49 @@ async fn budget_is_shared_by_all_children() {
     assert_eq!(after, total, "no spawn after Failed");
     handle.stop(DEADLINE).await;
 }
+
+/// A factory that spawns its actor and then fails (e.g. the handshake times
+/// out) must not leave that actor running: it is killed, and the failure counts.
+#[tokio::test(start_paused = true)]
+async fn actor_left_by_a_failed_start_is_killed() {
+    use std::sync::Mutex;
+
+    use dspex_supervision::{ChildSpec, StartError};
+    use ractor::{Actor, ActorCell, ActorStatus};
+
+    let log = Log::default();
+    let spawned: std::sync::Arc<Mutex<Vec<ActorCell>>> = Default::default();
+    let keep = std::sync::Arc::clone(&spawned);
+    let spec = ChildSpec::new("w", move |sup| {
+        let (log, keep) = (log.clone(), std::sync::Arc::clone(&keep));
+        async move {
+            let args = ChildArgs {
+                name: "w".into(),
+                log,
+                behaviour: Behaviour::default(),
+            };
+            let (actor, _) = Actor::spawn_linked(None, TestChild, args, sup).await?;
+            keep.lock().unwrap().push(actor.get_cell());
+            Err::<ActorCell, _>(StartError::new("handshake timed out"))
+        }
+    });
+    let supervisor = Supervisor::new(remain()).child(spec);
+    let mut events = supervisor.subscribe();
+    let handle = supervisor.spawn().await.unwrap();
+    let seen = events_until(&mut events, failed).await;
+    assert_eq!(
+        seen.iter()
+            .filter(|e| matches!(e, SupervisorEvent::StartFailed { .. }))
+            .count(),
+        4
+    );
+    let spawned = spawned.lock().unwrap().clone();
+    assert_eq!(spawned.len(), 4);
+    assert!(
+        spawned
+            .iter()
+            .all(|c| c.get_status() == ActorStatus::Stopped)
+    );
+    assert!(handle.cell().get_children().is_empty());
+    handle.stop(DEADLINE).await;
+}
