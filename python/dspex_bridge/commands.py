@@ -398,6 +398,12 @@ def _install(state: WorkerState, program: Program) -> bool:
 
 
 def create_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Build and cache a program; ``hash`` is ``program_hash`` of its definition.
+
+    That is sha256 (lowercase hex) of the UTF-8 canonical JSON
+    ``json.dumps({"signature": ..., "module": ..., "demos": [...]}, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)``, so the Rust side can compute it too.
+    """
     program_id = require_str(args, "program_id", max_len=MAX_PROGRAM_ID)
     program = build_program(program_id, args)
     replaced = _install(ctx.state, program)

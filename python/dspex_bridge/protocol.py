@@ -190,7 +190,7 @@ def encode(message: dict[str, Any]) -> bytes:
 
 def decode(body: bytes) -> Any:
     """Decode one MessagePack body; raises on malformed or trailing data."""
-    return msgpack.unpackb(body, raw=False, strict_map_key=True)
+    return msgpack.unpackb(body, raw=False, strict_map_key=False)
 
 
 def frame(body: bytes) -> bytes:

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import platform
+import select
 import signal
 import sys
 import threading
@@ -341,6 +342,23 @@ def _install_signal_handlers() -> None:
     signal.signal(signal.SIGINT, on_term)
 
 
+def _exit_on_hangup_while(loading: threading.Event, in_fd: int) -> None:
+    """Until ``loading`` is set, exit 0 if the host closes stdin with nothing left to read.
+
+    Importing DSPy takes about a second; a host that gives up on a starting worker by closing
+    its stdin should not have to wait for that.
+    """
+    poller = select.poll()
+    poller.register(in_fd, select.POLLIN | select.POLLHUP)
+    while not loading.is_set():
+        for _, events in poller.poll(50):
+            if events & select.POLLIN:
+                return  # requests are waiting: the main loop will serve them, then see EOF
+            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                log.info("end of input during start-up; exiting")
+                os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of ``python -m dspex_bridge``; never returns."""
     proto_fd = protocol.claim_protocol_fd()
@@ -359,10 +377,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
         log.warning("test fault commands enabled (DSPEX_TEST_FAULTS=1)")
     server = Server(options, registry, 0, proto_fd)
     if not options.lazy_dspy:
+        loaded = threading.Event()
+        threading.Thread(
+            target=_exit_on_hangup_while, args=(loaded, 0), name="dspex-boot-eof", daemon=True
+        ).start()
         try:
             server.ensure_dspy()
         except ImportError as exc:
             log.error("dspy is not importable: %s", exc)
+        finally:
+            loaded.set()
     try:
         code = server.run()
     except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 
@@ -21,12 +22,16 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.01)  # polling OS state with a deadline, not synchronising on timing
-    return False
+    """Wait for ``pid`` (not our child) to terminate, via a pidfd: no polling loop."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(fd)
 
 
 def test_echo_returns_args(spawn: SpawnFn) -> None:

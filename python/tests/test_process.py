@@ -79,10 +79,22 @@ def test_eof_lets_short_work_finish(spawn: SpawnFn) -> None:
     assert worker.wait_exit(1.0) == 0
 
 
-def test_eof_during_startup_import_exits(spawn: SpawnFn) -> None:
+def test_eof_during_startup_import_exits_within_one_second(spawn: SpawnFn) -> None:
     worker = spawn(lazy=False, handshake=False)
+    worker.wait_stderr("test fault commands enabled")  # the DSPy import is under way
+    started = time.monotonic()
     worker.close_stdin()
-    assert worker.wait_exit(15.0) == 0
+    assert worker.wait_exit(1.0) == 0
+    assert time.monotonic() - started < 1.0
+
+
+def test_requests_sent_before_ready_are_served(spawn: SpawnFn) -> None:
+    worker = spawn(lazy=False, handshake=False)
+    request_id = worker.submit("echo", {"early": True})
+    worker.close_stdin()
+    assert worker.handshake()["event"] == "ready"
+    assert worker.reply(request_id, timeout=15.0)["result"] == {"early": True}
+    assert worker.wait_exit(1.0) == 0
 
 
 def test_sigterm_exits_promptly(spawn: SpawnFn) -> None:
@@ -203,6 +215,12 @@ def test_reply_larger_than_max_frame_becomes_an_error(spawn: SpawnFn) -> None:
     assert worker.call("ping")["status"] == "ok"
 
 
+def test_non_string_keys_inside_args_still_answered_by_id(spawn: SpawnFn) -> None:
+    worker = spawn()
+    worker.send({"id": 41, "command": "ping", "args": {1: "one"}})
+    assert worker.reply(41)["ok"] is True
+
+
 def test_bad_envelope_fields_are_invalid_arguments(spawn: SpawnFn) -> None:
     worker = spawn()
     assert worker.error("ping", [1, 2])["kind"] == "InvalidArguments"
@@ -241,7 +259,7 @@ def test_deadline_already_passed(spawn: SpawnFn) -> None:
 
 def test_concurrent_requests_answered_by_id_out_of_order(spawn: SpawnFn) -> None:
     worker = spawn()
-    durations = [400, 300, 200, 100, 0]
+    durations = [800, 600, 400, 200, 0]
     ids = [worker.submit("sleep", {"ms": ms}) for ms in durations]
     started = time.monotonic()
     order = []
@@ -252,7 +270,7 @@ def test_concurrent_requests_answered_by_id_out_of_order(spawn: SpawnFn) -> None
     elapsed = time.monotonic() - started
     assert sorted(order) == sorted(ids)
     assert order == list(reversed(ids))
-    assert elapsed < 1.0  # ran concurrently, not 1 s in sequence
+    assert elapsed < 1.6  # ran concurrently, not 2 s in sequence
 
 
 def test_max_concurrency_limits_parallelism(spawn: SpawnFn) -> None:
