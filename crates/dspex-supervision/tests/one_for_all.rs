@@ -133,3 +133,43 @@ async fn transient_normal_exit_leaves_siblings_alone() {
         ["exited:c3:shutdown", "exited:c1:shutdown", "stopped"]
     );
 }
+
+/// Real clock, multi-threaded runtime: repeated group restarts keep their
+/// order (stop newest first, start in order) under cross-thread scheduling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_restarts_keep_their_order_on_a_multi_thread_runtime() {
+    let log = Log::default();
+    let supervisor = Supervisor::new(SupervisorOptions {
+        backoff: dspex_supervision::Backoff::NONE,
+        intensity: dspex_supervision::RestartIntensity {
+            max_restarts: 100,
+            within: std::time::Duration::from_secs(60),
+        },
+        ..options()
+    })
+    .child(child("c1", &log))
+    .child(child("c2", &log))
+    .child(child("c3", &log));
+    let mut events = supervisor.subscribe();
+    let handle = supervisor.spawn().await.unwrap();
+    events_until(&mut events, |e| started(e, "c3")).await;
+
+    for round in 0..25 {
+        log.clear();
+        let victim = ["c1", "c2", "c3"][round % 3];
+        tell(
+            &cell_of(&handle, victim),
+            ChildMsg::Crash(format!("round {round}")),
+        );
+        events_until(&mut events, |e| started(e, "c3")).await;
+        let mut expected: Vec<String> = ["c3", "c2", "c1"]
+            .iter()
+            .filter(|id| **id != victim)
+            .map(|id| format!("stop:{id}"))
+            .collect();
+        expected.extend(["start:c1", "start:c2", "start:c3"].map(String::from));
+        assert_eq!(log.entries(), expected, "round {round}");
+    }
+    assert_eq!(handle.status().running(), 3);
+    handle.stop(DEADLINE).await;
+}
