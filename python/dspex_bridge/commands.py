@@ -533,6 +533,7 @@ def execute_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArguments("'inputs' must be a map", {"field": "inputs"})
     checked = _check_inputs(program.spec, inputs)
     override = args.get("lm")
+    handle: lm_mod.LmHandle | None
     if override is not None:
         handle = ctx.state.lm_cache.get(lm_mod.parse_lm_config(override))
     else:

@@ -185,7 +185,8 @@ def _msgpack_default(obj: Any) -> Any:
 
 def encode(message: dict[str, Any]) -> bytes:
     """The MessagePack body of ``message`` (string keys, bin type for bytes)."""
-    return msgpack.packb(message, use_bin_type=True, default=_msgpack_default)
+    body: bytes = msgpack.packb(message, use_bin_type=True, default=_msgpack_default)
+    return body
 
 
 def decode(body: bytes) -> Any:

@@ -59,7 +59,9 @@ def _positive_int(raw: str | None, what: str, default: int, hi: int) -> int:
 
 def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
     """Parse the command line; unknown flags are returned, never fatal."""
-    parser = argparse.ArgumentParser(prog="dspex_bridge", add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="dspex_bridge", add_help=False, allow_abbrev=False, exit_on_error=False
+    )
     parser.add_argument("--worker-id")
     parser.add_argument("--mode", default="worker")
     parser.add_argument("--max-concurrency")
@@ -67,8 +69,9 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
     parser.add_argument("--log-level")
     try:
         ns, unknown = parser.parse_known_args(argv)
-    except SystemExit:  # argparse gives up on e.g. a flag missing its value
-        ns, unknown = parser.parse_known_args([]), list(argv)
+    except (argparse.ArgumentError, SystemExit):  # e.g. a flag missing its value
+        ns, _ = parser.parse_known_args([])
+        unknown = list(argv)
     env = os.environ
     worker_id = ns.worker_id or env.get("DSPEX_WORKER_ID") or f"worker-{os.getpid()}"
     concurrency = _positive_int(

@@ -67,7 +67,7 @@ class TypeSpec:
             return dict[str, self._item().annotation()]  # type: ignore[misc]
         if self.kind == "optional":
             return Optional[self._item().annotation()]  # noqa: UP045 - runtime construction
-        return Literal[self.values]  # type: ignore[valid-type]
+        return Literal[self.values]
 
     def allows_none(self) -> bool:
         return self.kind == "optional"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
 import signal
 import struct
 import time
@@ -21,9 +23,10 @@ def test_handshake_is_first_frame_before_any_input(spawn: SpawnFn) -> None:
         "protocol": 1,
         "worker_id": "w-7",
         "pid": worker.proc.pid,
-        "python": "3.11.7",
-        "dspy": "3.4.1",
+        "python": platform.python_version(),  # the worker runs on this same interpreter
+        "dspy": importlib.metadata.version("dspy"),
     }
+    assert worker.ready["dspy"] == "3.4.1"  # the pinned version
 
 
 def test_default_worker_id_and_unknown_flags(spawn: SpawnFn) -> None:
