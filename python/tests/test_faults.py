@@ -21,6 +21,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _cmdline(pid: int, within: float) -> list[bytes]:
+    """The argv of ``pid`` once its exec has finished (empty while the exec is under way)."""
+    deadline = time.monotonic() + within
+    while True:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+        if argv != [b""] or time.monotonic() > deadline:
+            return argv
+        time.sleep(0.001)  # polling OS state against a deadline
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     """Wait for ``pid`` (not our child) to terminate, via a pidfd: no polling loop."""
     try:
@@ -158,8 +169,7 @@ def test_spawn_grandchild_in_same_process_group(spawn: SpawnFn) -> None:
     pid = worker.call("spawn_grandchild")["pid"]
     assert _alive(pid)
     assert os.getpgid(pid) == os.getpgid(worker.proc.pid)
-    with open(f"/proc/{pid}/cmdline", "rb") as fh:
-        assert fh.read().split(b"\0")[:2] == [b"sleep", b"1000"]
+    assert _cmdline(pid, within=5.0)[:2] == [b"sleep", b"1000"]
     os.killpg(worker.proc.pid, signal.SIGKILL)
     assert worker.wait_exit(5.0) == -signal.SIGKILL
     assert _wait_gone(pid, 2.0)
