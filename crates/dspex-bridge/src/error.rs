@@ -64,6 +64,14 @@ pub enum WorkerError {
         /// The last bytes it wrote to stderr.
         stderr_tail: String,
     },
+    /// The worker was killed on purpose (for example by its health monitor).
+    #[error("worker {worker_id} was killed: {reason}")]
+    Killed {
+        /// The worker.
+        worker_id: String,
+        /// Why.
+        reason: String,
+    },
     /// The worker actor is gone (stopped, or replaced after a failure).
     #[error("worker {worker_id} is not running")]
     Unavailable {

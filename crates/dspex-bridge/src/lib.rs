@@ -10,9 +10,12 @@
 
 pub mod env;
 mod error;
+pub mod health;
 pub mod process;
+pub mod single;
 pub mod worker;
 
 pub use env::{EnvError, InterpreterSource, PythonConfig, PythonEnv};
 pub use error::WorkerError;
+pub use single::{Bridge, BridgeConfig, BridgeError, BridgeState, BridgeStatus};
 pub use worker::{CallOptions, WorkerConfig, WorkerEvent, WorkerHandle, WorkerInfo, WorkerState};

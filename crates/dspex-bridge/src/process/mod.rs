@@ -39,7 +39,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use owner::WorkerProcess;
 pub use spawner::DirectSpawner;
 pub use stderr::{STDERR_TAIL_BYTES, StderrTail};
-pub use tag::{RUN_TAG_ENV, RunTag, sweep_orphans, tagged_processes};
+pub use tag::{
+    ProcStat, RUN_TAG_ENV, RunTag, kill_process, proc_stat, sweep_orphans, tagged_processes,
+};
 
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -59,16 +59,19 @@ impl fmt::Display for RunTag {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` this crate needs.
+/// The fields of `/proc/<pid>/stat` the process owner and leak checks need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ProcStat {
-    pub(crate) state: char,
-    pub(crate) ppid: u32,
-    pub(crate) start_time: u64,
+pub struct ProcStat {
+    /// `R`, `S`, `D`, `T`, `Z` (zombie), ...
+    pub state: char,
+    /// The parent's pid.
+    pub ppid: u32,
+    /// Start time in clock ticks since boot.
+    pub start_time: u64,
 }
 
 /// Reads `/proc/<pid>/stat`; `None` if the process is gone.
-pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain anything; the
     // fields after the last ')' are plain.
@@ -107,6 +110,22 @@ pub fn tagged_processes(tag: &RunTag) -> Vec<u32> {
         .collect()
 }
 
+/// Sends SIGKILL to one process (and its group, if it leads one).
+///
+/// # Errors
+/// The OS error, other than "no such process".
+pub fn kill_process(pid: u32) -> std::io::Result<()> {
+    let target = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
+    if target.as_raw() <= 1 {
+        return Ok(());
+    }
+    let _ = super::spawner::signal_group(pid, Signal::SIGKILL);
+    match nix::sys::signal::kill(target, Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
 /// Kills every tagged process whose host is gone; returns how many.
 ///
 /// A host is gone when no process has its pid with its start time. Only
@@ -126,8 +145,7 @@ pub fn sweep_orphans() -> usize {
                 tag,
                 "killing an orphaned dspex worker whose host is gone"
             );
-            let target = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(target, Signal::SIGKILL);
+            let _ = kill_process(pid);
             killed += 1;
         }
     }

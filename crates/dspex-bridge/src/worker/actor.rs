@@ -58,6 +58,7 @@ pub(crate) enum Inner {
     Call(Box<Call>),
     Info(RpcReplyPort<WorkerInfo>),
     CloseStdin,
+    Kill(String),
     Frame(Result<Response, Arc<ProtocolError>>),
     WriteFailed(String),
     Exited,
@@ -212,6 +213,13 @@ impl Actor for Worker {
             }
             Inner::CloseStdin => {
                 state.writer.take();
+            }
+            Inner::Kill(reason) => {
+                tracing::warn!(worker = %state.worker_id, pid = state.process.pid(), %reason, "killing the worker");
+                state.kill(WorkerError::Killed {
+                    worker_id: state.worker_id.clone(),
+                    reason,
+                });
             }
             Inner::Frame(Ok(response)) => state.on_response(response),
             Inner::Frame(Err(error)) => state.stream_unusable(error),

@@ -158,6 +158,15 @@ impl WorkerHandle {
         let _ = self.actor.send_message(WorkerMsg(Inner::CloseStdin));
     }
 
+    /// Kills the worker's process group now; the worker fails with `reason`
+    /// and its supervisor replaces it. In-flight callers get
+    /// [`WorkerError::WorkerExited`].
+    pub fn kill(&self, reason: impl Into<String>) {
+        let _ = self
+            .actor
+            .send_message(WorkerMsg(Inner::Kill(reason.into())));
+    }
+
     /// Stops the worker (escalating stop of its process) and waits until the
     /// actor is gone and the process reaped.
     ///

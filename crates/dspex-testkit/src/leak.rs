@@ -1,0 +1,72 @@
+//! Leak checks: tagged processes, zombies, file descriptors.
+
+use std::time::Duration;
+
+use dspex_bridge::process::{RunTag, proc_stat, tagged_processes};
+
+/// What the leak check found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeakReport {
+    /// Live processes still carrying the tree's run tag.
+    pub tagged_alive: Vec<u32>,
+    /// Worker pids of the tree left as zombie children of this process.
+    pub zombies: Vec<u32>,
+    /// Open fds above the baseline (only measured when the test owns the process).
+    pub extra_fds: Option<isize>,
+}
+
+impl LeakReport {
+    /// `true` when nothing leaked.
+    pub fn is_clean(&self) -> bool {
+        self.tagged_alive.is_empty()
+            && self.zombies.is_empty()
+            && self.extra_fds.is_none_or(|n| n <= 2)
+    }
+}
+
+/// The number of open file descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// Those of `pids` that are zombie children of this process.
+pub fn zombie_children(pids: &[u32]) -> Vec<u32> {
+    let me = std::process::id();
+    pids.iter()
+        .copied()
+        .filter(|&pid| proc_stat(pid).is_some_and(|s| s.state == 'Z' && s.ppid == me))
+        .collect()
+}
+
+/// Whether this test has the process to itself, so a global fd count means
+/// something (nextest runs one test per process).
+pub(crate) fn owns_process() -> bool {
+    std::env::var("NEXTEST_EXECUTION_MODE").is_ok_and(|m| m == "process-per-test")
+}
+
+/// Waits up to `settle` for the tree's processes to be gone and reaped, then
+/// reports what is left.
+pub(crate) async fn check(
+    tag: &RunTag,
+    spawned: &[u32],
+    fd_baseline: usize,
+    settle: Duration,
+) -> LeakReport {
+    let clean = crate::poll_until(settle, "leak check", || {
+        tagged_processes(tag).is_empty()
+            && zombie_children(spawned).is_empty()
+            && (!owns_process() || fd_count() <= fd_baseline + 2)
+    })
+    .await;
+    if clean.is_ok() {
+        return LeakReport {
+            extra_fds: owns_process().then(|| fd_count() as isize - fd_baseline as isize),
+            ..LeakReport::default()
+        };
+    }
+    LeakReport {
+        tagged_alive: tagged_processes(tag),
+        zombies: zombie_children(spawned),
+        extra_fds: owns_process().then(|| fd_count() as isize - fd_baseline as isize),
+    }
+}
