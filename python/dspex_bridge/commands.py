@@ -85,6 +85,7 @@ class Stats:
         self.ok = 0
         self.errors = 0
         self.protocol_errors = 0
+        self.no_reply = 0
         self.executions = 0
         self.max_in_flight = self.in_flight
         self.by_command: dict[str, int] = {}
@@ -101,10 +102,12 @@ class Stats:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.by_command[command] = self.by_command.get(command, 0) + 1
 
-    def finished(self, error_kind: str | None) -> None:
+    def finished(self, error_kind: str | None, *, replied: bool = True) -> None:
         with self.lock:
             self.in_flight -= 1
-            if error_kind is None:
+            if not replied:
+                self.no_reply += 1
+            elif error_kind is None:
                 self.ok += 1
             else:
                 self.errors += 1
@@ -141,6 +144,7 @@ class Stats:
                 "ok": self.ok,
                 "error": self.errors,
                 "protocol_errors": self.protocol_errors,
+                "no_reply": self.no_reply,
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
                 "executions": self.executions,

@@ -313,7 +313,7 @@ class Server:
             result = cmd.handler(ctx, args)
             reply = {"id": ctx.request_id, "ok": True, "result": result}
         except NoReply:
-            error_kind = "NoReply"
+            pass
         except BaseException as exc:  # noqa: BLE001 - every request gets exactly one reply
             wire = from_exception(exc)
             error_kind = wire["kind"]
@@ -329,7 +329,7 @@ class Server:
         finally:
             if reply is not None:
                 self.send(reply)
-            self.state.stats.finished(error_kind)
+            self.state.stats.finished(error_kind, replied=reply is not None)
         for action in ctx.after:
             action()
 

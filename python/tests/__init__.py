@@ -1,0 +1,3 @@
+"""The dspex_bridge test suite."""
+
+from __future__ import annotations

@@ -140,6 +140,7 @@ def test_write_garbage_is_a_framed_non_msgpack_body(spawn: SpawnFn) -> None:
     assert frame[1] == b"\xc1" * 37
     # the stream is still framed correctly: the next reply decodes
     assert worker.call("ping")["status"] == "ok"
+    assert worker.call("get_stats")["requests"]["no_reply"] == 1
 
 
 def test_write_oversize_header_then_nothing(spawn: SpawnFn) -> None:
