@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use dspex_bridge::process::{Exit, proc_stat};
 use dspex_bridge::worker::WorkerEvent;
-use dspex_bridge::{BridgeError, CallOptions, WorkerError, WorkerHandle, WorkerState};
-use dspex_protocol::{Command, ErrorKind};
+use dspex_bridge::{BridgeError, CallOptions, WorkerError, WorkerHandle};
+use dspex_protocol::{Command, ErrorKind, ProtocolError};
 use dspex_testkit::{TestTree, wait_event};
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -157,12 +157,268 @@ fn remote_kind(error: &BridgeError) -> Option<ErrorKind> {
     }
 }
 
-#[allow(dead_code)]
-fn is_ready(state: &WorkerState) -> bool {
-    matches!(state, WorkerState::Ready(_))
+/// Runs `command` in the background and waits until the worker has it.
+async fn in_background(
+    tree: &TestTree,
+    name: &str,
+    args: serde_json::Value,
+) -> tokio::task::JoinHandle<Result<serde_json::Value, BridgeError>> {
+    let bridge = tree.bridge().clone();
+    let command = Command::custom(name, args);
+    let call = tokio::spawn(async move { bridge.call(command, CallOptions::default()).await });
+    wait_in_flight(&tree.ready(BOOT).await.unwrap()).await;
+    call
 }
 
-#[allow(dead_code)]
-fn alive(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|s| s.state != 'Z')
+/// Scenario 3: a clean `exit(0)` mid-request is still an error for the
+/// caller (no reply), and counts as a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn s03_clean_exit_mid_request_is_an_error_and_a_restart() {
+    let (tree, _) = tree(TestTree::builder()).await;
+    let pid = tree.worker_pid().unwrap();
+    let started = Instant::now();
+    let error = tree.command("exit", json!({"code": 0})).await.unwrap_err();
+    let detected = started.elapsed();
+    assert!(
+        matches!(
+            error,
+            BridgeError::Worker(WorkerError::WorkerExited {
+                exit: Exit::Code(0),
+                ..
+            })
+        ),
+        "{error:?}"
+    );
+    assert!(
+        detected < Duration::from_millis(500),
+        "detected after {detected:?}"
+    );
+    let (new_pid, _) = replaced(&tree, pid, started).await;
+    assert_ne!(new_pid, pid);
+    assert_eq!(tree.bridge().status().restarts, 1);
+    tree.finish().await;
+}
+
+/// Scenario 4: a hung worker (busy loop, or SIGSTOP) gets `RequestTimeout` at
+/// the deadline, is killed, reaped and replaced, never returned.
+#[tokio::test(flavor = "multi_thread")]
+async fn s04_hung_worker_times_out_and_is_replaced() {
+    let timeout = Duration::from_millis(500);
+    let (tree, _) = tree(TestTree::builder().request_timeout(timeout)).await;
+    for hang in ["busy_loop", "sigstop"] {
+        let worker = tree.ready(BOOT).await.unwrap();
+        let pid = worker.pid();
+        let mut events = tree.events();
+        let started = Instant::now();
+        let error = if hang == "sigstop" {
+            tree.signal_worker(Signal::SIGSTOP).unwrap();
+            tree.command("echo", json!({})).await.unwrap_err()
+        } else {
+            tree.command("hang", json!({"busy": true}))
+                .await
+                .unwrap_err()
+        };
+        let at = started.elapsed();
+        assert!(
+            matches!(&error, BridgeError::Worker(WorkerError::RequestTimeout { after, .. }) if *after == timeout),
+            "{hang}: {error:?}"
+        );
+        assert!(
+            at >= timeout && at < timeout + Duration::from_millis(300),
+            "{hang}: timed out after {at:?}"
+        );
+        let exited = wait_event(
+            &mut events,
+            Duration::from_secs(5),
+            |e| matches!(e, WorkerEvent::Exited { pid: p, .. } if *p == pid),
+        )
+        .await
+        .unwrap();
+        let reaped = started.elapsed() - at;
+        assert!(
+            matches!(
+                exited,
+                WorkerEvent::Exited {
+                    exit: Exit::Signal(9),
+                    requested: false,
+                    ..
+                }
+            ),
+            "{exited:?}"
+        );
+        assert!(
+            reaped < Duration::from_millis(500),
+            "{hang}: reaped {reaped:?} after the timeout"
+        );
+        assert!(proc_stat(pid).is_none(), "{hang}: the hung process is gone");
+        let (new_pid, _) = replaced(&tree, pid, started).await;
+        assert_ne!(new_pid, pid);
+    }
+    assert_eq!(tree.bridge().status().restarts, 2);
+    tree.finish().await;
+}
+
+/// Scenario 11: a frame header claiming 3 GiB is rejected before allocating
+/// (`FrameTooLarge`); the worker is killed and replaced.
+#[tokio::test(flavor = "multi_thread")]
+async fn s11_oversize_frame_from_the_worker_kills_it() {
+    let (tree, _) = tree(TestTree::builder()).await;
+    let pid = tree.worker_pid().unwrap();
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    let error = tree
+        .command("write_oversize_header", json!({}))
+        .await
+        .unwrap_err();
+    let detected = started.elapsed();
+    match &error {
+        BridgeError::Worker(WorkerError::Protocol { error, .. }) => assert!(
+            matches!(**error, ProtocolError::FrameTooLarge { len, .. } if len == 3 << 30),
+            "{error:?}"
+        ),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    assert!(
+        detected < Duration::from_millis(500),
+        "detected after {detected:?}"
+    );
+    // Exact "no allocation" is proven by the codec's counting-allocator test;
+    // here the whole host (other tests run beside it) merely must not balloon.
+    assert!(rss_kib().saturating_sub(rss_before) < 64 * 1024);
+    let (new_pid, _) = replaced(&tree, pid, started).await;
+    assert_ne!(new_pid, pid);
+    assert_eq!(
+        tree.command("echo", json!({"ok": 1})).await.unwrap(),
+        json!({"ok": 1})
+    );
+    tree.finish().await;
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Scenario 13: a correctly framed body that is not MessagePack is a
+/// protocol error; the worker is discarded and replaced; the host does not
+/// panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn s13_garbage_frame_discards_the_worker() {
+    let (tree, _) = tree(TestTree::builder()).await;
+    let pid = tree.worker_pid().unwrap();
+    let started = Instant::now();
+    let error = tree
+        .command("write_garbage", json!({"n": 64}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, BridgeError::Worker(WorkerError::Protocol { .. })),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let (new_pid, _) = replaced(&tree, pid, started).await;
+    assert_ne!(new_pid, pid);
+    assert_eq!(tree.bridge().status().restarts, 1);
+    assert_eq!(tree.command("echo", json!({})).await.unwrap(), json!({}));
+    tree.finish().await;
+}
+
+/// Scenario 10: `print()` and raw writes to fd 1 land in the worker's log
+/// (with its worker id), never in the protocol stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn s10_stdout_writes_do_not_corrupt_the_protocol() {
+    let logs = capture_logs();
+    let (tree, _) = tree(TestTree::builder()).await;
+    let worker = tree.ready(BOOT).await.unwrap();
+    let marker = format!("marker-{}", worker.pid());
+    for _ in 0..3 {
+        let reply = tree
+            .command("print_to_stdout", json!({"text": marker}))
+            .await
+            .unwrap();
+        assert_eq!(reply["printed"], true);
+        assert_eq!(
+            tree.command("echo", json!({"n": 1})).await.unwrap(),
+            json!({"n": 1})
+        );
+    }
+    let worker_id = worker.worker_id().to_owned();
+    let logged = |what: &str| {
+        logs.lock()
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&format!("{marker} ({what})")) && l.contains(&worker_id))
+    };
+    dspex_testkit::poll_until(Duration::from_secs(5), "printed text in the log", || {
+        logged("print") && logged("fd 1")
+    })
+    .await
+    .unwrap();
+    assert_eq!(tree.worker_pid(), Some(worker.pid()));
+    assert_eq!(tree.bridge().status().restarts, 0);
+    tree.finish().await;
+}
+
+/// Scenario 25: a worker flooding stderr with 100 MiB never stalls: requests
+/// beside the flood keep being answered, with no timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn s25_stderr_flood_is_drained_without_stalling() {
+    let (tree, _) = tree(TestTree::builder().request_timeout(Duration::from_secs(60))).await;
+    let pid = tree.worker_pid().unwrap();
+    let flood = in_background(&tree, "spam_stderr", json!({"bytes": 100 << 20})).await;
+    let mut answered = 0;
+    while !flood.is_finished() {
+        assert_eq!(
+            tree.command("echo", json!({"i": answered})).await.unwrap(),
+            json!({"i": answered})
+        );
+        answered += 1;
+    }
+    assert_eq!(flood.await.unwrap().unwrap()["written"], 100 << 20);
+    assert!(answered > 0, "no request was served during the flood");
+    let tail = tree.bridge().worker().unwrap();
+    assert_eq!(tail.pid(), pid);
+    assert_eq!(tree.bridge().status().restarts, 0);
+    tree.finish().await;
+}
+
+type Logs = std::sync::Arc<std::sync::Mutex<String>>;
+
+/// Installs (once per test binary) a subscriber that keeps every log line.
+fn capture_logs() -> Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let sink = logs.clone();
+        let make_writer = move || LogWriter(sink.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("dspex=debug")
+            .with_ansi(false)
+            .with_writer(make_writer)
+            .try_init();
+        logs
+    })
+    .clone()
+}
+
+struct LogWriter(Logs);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -5,9 +5,14 @@
 //!   (process groups, parent-death signal, run tags, orphan sweep).
 //! - [`worker`]: the ractor actor that owns one process and correlates
 //!   replies by request id.
+//! - [`single`]: single-bridge mode (one worker, its health monitor, a
+//!   one_for_one supervisor).
+//! - [`conditional`]: the root supervisor that picks the mode once at start.
+//! - [`health`]: the health monitor.
 //! - [`env`]: resolving an interpreter and materializing the embedded
 //!   `dspex_bridge` package.
 
+pub mod conditional;
 pub mod env;
 mod error;
 pub mod health;
@@ -15,6 +20,9 @@ pub mod process;
 pub mod single;
 pub mod worker;
 
+pub use conditional::{
+    ConditionalError, ConditionalStatus, ConditionalSupervisor, EnvironmentReport, Mode,
+};
 pub use env::{EnvError, InterpreterSource, PythonConfig, PythonEnv};
 pub use error::WorkerError;
 pub use single::{Bridge, BridgeConfig, BridgeError, BridgeState, BridgeStatus};

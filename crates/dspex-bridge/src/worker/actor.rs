@@ -425,7 +425,14 @@ impl WorkerActorState {
     }
 
     fn fail_pending(&mut self, exit: crate::process::Exit) {
-        let error = self.exited(exit);
+        // A broken stream or a missed handshake is what the callers ran
+        // into; otherwise they saw the process go.
+        let error = match &self.kill_reason {
+            Some(reason @ (WorkerError::Protocol { .. } | WorkerError::BootTimeout { .. })) => {
+                reason.clone()
+            }
+            _ => self.exited(exit),
+        };
         for (_, pending) in self.pending.drain() {
             pending.timer.abort();
             let _ = pending.reply.send(Err(error.clone()));
