@@ -9,6 +9,7 @@ use dspex_bridge::process::{Exit, proc_stat};
 use dspex_bridge::worker::WorkerEvent;
 use dspex_bridge::{BridgeError, CallOptions, WorkerError, WorkerHandle};
 use dspex_protocol::{Command, ErrorKind, ProtocolError};
+use dspex_supervision::Backoff;
 use dspex_testkit::{TestTree, wait_event};
 use nix::sys::signal::Signal;
 use serde_json::json;
@@ -46,42 +47,102 @@ async fn replaced(tree: &TestTree, old_pid: u32, since: Instant) -> (u32, Durati
 }
 
 /// Scenario 1: SIGKILL during a 2 s request → the caller gets
-/// `WorkerExited{signal 9}` fast; a replacement comes up.
+/// `WorkerExited{signal 9}` fast (p99 ≤ 100 ms over the trials); the worker is
+/// never reused; a replacement comes up within T_boot + 250 ms. The contract
+/// runs 1,000 trials: `DSPEX_SCENARIO_TRIALS=1000`; CI runs 20.
 #[tokio::test(flavor = "multi_thread")]
 async fn s01_sigkill_mid_request_fails_the_caller_and_replaces_the_worker() {
-    let (tree, t_boot) = tree(TestTree::builder()).await;
-    let bridge = tree.bridge().clone();
-    let call = tokio::spawn(async move {
-        bridge
-            .call(
-                Command::custom("sleep", json!({"ms": 2000})),
-                CallOptions::default(),
-            )
-            .await
-    });
-    wait_in_flight(&tree.ready(BOOT).await.unwrap()).await;
-    let killed_at = Instant::now();
-    let pid = tree.signal_worker(Signal::SIGKILL).unwrap();
-    let error = call.await.unwrap().unwrap_err();
-    let detected = killed_at.elapsed();
-    match &error {
-        BridgeError::Worker(WorkerError::WorkerExited { exit, pid: p, .. }) => {
-            assert_eq!(*exit, Exit::Signal(9));
-            assert_eq!(*p, pid);
+    let trials: usize = std::env::var("DSPEX_SCENARIO_TRIALS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    // Crashes here are deliberate, back to back: no budget to exhaust, and
+    // the contract's first-restart delay (100 ms) every time.
+    let backoff = Backoff {
+        initial: Duration::from_millis(100),
+        factor: 1,
+        max: Duration::from_millis(100),
+    };
+    let builder = TestTree::builder()
+        .intensity(u32::MAX, Duration::from_secs(1))
+        .backoff(backoff);
+    let (tree, t_boot) = tree(builder).await;
+    let mut detections = Vec::with_capacity(trials);
+    let mut recoveries = Vec::with_capacity(trials);
+    for trial in 0..trials {
+        let call = in_background(&tree, "sleep", json!({"ms": 2000})).await;
+        let killed_at = Instant::now();
+        let pid = tree.signal_worker(Signal::SIGKILL).unwrap();
+        let error = call.await.unwrap().unwrap_err();
+        detections.push(killed_at.elapsed());
+        match &error {
+            BridgeError::Worker(WorkerError::WorkerExited { exit, pid: p, .. }) => {
+                assert_eq!(*exit, Exit::Signal(9));
+                assert_eq!(*p, pid);
+            }
+            other => panic!("trial {trial}: expected WorkerExited, got {other:?}"),
         }
-        other => panic!("expected WorkerExited, got {other:?}"),
+        let (new_pid, recovery) = replaced(&tree, pid, killed_at).await;
+        assert_ne!(new_pid, pid, "the killed worker is never reused");
+        recoveries.push(recovery);
     }
-    assert!(
-        detected < Duration::from_millis(500),
-        "detected after {detected:?}"
+    detections.sort();
+    recoveries.sort();
+    let p99 = |v: &[Duration]| v[(v.len() * 99).div_ceil(100) - 1];
+    println!(
+        "scenario 1: {trials} trials, detection p50 {:?} p99 {:?}; recovery p50 {:?} p99 {:?}; T_boot {t_boot:?}",
+        detections[trials / 2],
+        p99(&detections),
+        recoveries[trials / 2],
+        p99(&recoveries),
     );
-    let (new_pid, recovery) = replaced(&tree, pid, killed_at).await;
+    assert!(
+        p99(&detections) <= Duration::from_millis(100),
+        "detection p99 {:?}",
+        p99(&detections)
+    );
+    // T_boot + 250 ms is the contract; allow T_boot again for a loaded machine.
+    assert!(
+        p99(&recoveries) <= t_boot * 2 + Duration::from_millis(250),
+        "recovery p99 {:?} (T_boot {t_boot:?})",
+        p99(&recoveries)
+    );
+    assert_eq!(tree.bridge().status().restarts as usize, trials);
+    tree.finish().await;
+}
+
+/// The health monitor pings the worker; a stopped (SIGSTOP) worker fails its
+/// checks, turns degraded then unhealthy, and is killed and replaced.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_monitor_replaces_a_worker_that_stops_answering() {
+    let health = dspex_bridge::health::HealthConfig {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(300),
+        degraded_after: 1,
+        unhealthy_after: 2,
+        restart_after: Some(2),
+    };
+    let (tree, _) = tree(TestTree::builder().health(health)).await;
+    let bridge = tree.bridge().clone();
+    dspex_testkit::poll_until(Duration::from_secs(10), "healthy", || {
+        bridge.status().health.health == dspex_bridge::health::Health::Healthy
+    })
+    .await
+    .unwrap();
+    let stats = bridge.status().health.latency;
+    assert!(stats.samples > 0 && stats.max >= stats.p50);
+    let started = Instant::now();
+    let pid = tree.signal_worker(Signal::SIGSTOP).unwrap();
+    let (new_pid, _) = replaced(&tree, pid, started).await;
     assert_ne!(new_pid, pid);
-    assert!(
-        recovery < t_boot * 3 + Duration::from_secs(1),
-        "recovered in {recovery:?} (T_boot {t_boot:?})"
-    );
-    assert_eq!(tree.bridge().status().restarts, 1);
+    let status = bridge.status();
+    assert!(status.health.failures >= 1, "{:?}", status.health);
+    assert_eq!(status.restarts, 1);
+    dspex_testkit::poll_until(Duration::from_secs(10), "healthy again", || {
+        bridge.status().health.health == dspex_bridge::health::Health::Healthy
+    })
+    .await
+    .unwrap();
     tree.finish().await;
 }
 
