@@ -80,6 +80,8 @@ struct Pending {
     timeout: Duration,
     /// Encoded and waiting for the handshake, if not sent yet.
     unsent: Option<Bytes>,
+    /// The `shutdown` command: once answered, the exit that follows is expected.
+    shutdown: bool,
 }
 
 /// The actor's state: the process and everything in flight on it.
@@ -255,6 +257,7 @@ impl WorkerActorState {
     fn call(&mut self, myself: &ActorRef<WorkerMsg>, call: Call) {
         let id = self.next_id;
         let timeout = call.timeout.unwrap_or(self.config.request_timeout);
+        let shutdown = matches!(call.command, Command::Shutdown);
         let mut request = Request::new(id, call.command)
             .with_deadline_ms(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         request.session_id = call.session_id;
@@ -289,6 +292,7 @@ impl WorkerActorState {
                 timer,
                 timeout,
                 unsent,
+                shutdown,
             },
         );
     }
@@ -316,6 +320,11 @@ impl WorkerActorState {
         };
         pending.timer.abort();
         self.served += 1;
+        if pending.shutdown && response.outcome.is_ok() {
+            // The worker said it is leaving: its exit is not a crash.
+            self.set_state(WorkerState::Stopping);
+            self.writer.take();
+        }
         let outcome = response.outcome.map_err(WorkerError::Remote);
         if pending.reply.send(outcome).is_err() {
             tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "caller gave up before the reply; dropped");
@@ -406,7 +415,7 @@ impl WorkerActorState {
         self.publish_exit(exit, requested);
         self.fail_pending(exit);
         if requested {
-            myself.stop(Some("stopped".to_owned()));
+            myself.stop(None);
             return Ok(());
         }
         let cause = self.kill_reason.take().unwrap_or_else(|| self.exited(exit));
