@@ -1,16 +1,17 @@
 //! The `dspex` command.
 //!
-//! - `dspex demo`: starts a Python worker through the Rust supervisor layer,
-//!   configures the offline `dummy` LM, creates a program and runs it.
+//! - `dspex demo`: starts a single-bridge supervision tree, configures the
+//!   offline `dummy` LM, creates a program and runs it.
 //! - `dspex doctor`: reports the Python environment the workers would use.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dspex_bridge::process::{DirectSpawner, RunTag, WorkerCommand};
-use dspex_bridge::{CallOptions, PythonConfig, PythonEnv, WorkerConfig, WorkerHandle};
+use dspex_bridge::conditional::check_environment;
+use dspex_bridge::{
+    BridgeConfig, CallOptions, ConditionalSupervisor, Mode, PythonConfig, PythonEnv,
+};
 use dspex_protocol::{
     Command, ExecuteArgs, FieldSpec, LmConfig, ProgramDefinition, SignatureSpec, Value,
 };
@@ -66,30 +67,42 @@ async fn main() -> Result<()> {
     }
 }
 
-/// One worker, started the way every tree starts them.
-async fn start_worker(python: PythonConfig) -> Result<(PythonEnv, WorkerHandle)> {
-    let env = PythonEnv::resolve_async(python)
-        .await
-        .context("resolving the Python environment")?;
-    let spawner = Arc::new(DirectSpawner::new("dspex-cli").context("starting the spawner")?);
-    let command = WorkerCommand {
-        interpreter: env.interpreter.clone(),
-        python_path: env.python_path(),
-        worker_id: "demo-0".into(),
-        args: Vec::new(),
-        env: Vec::new(),
-        run_tag: RunTag::new(),
+/// A single-bridge tree under the conditional supervisor, as a service would
+/// start it.
+async fn start_tree(python: PythonConfig) -> Result<ConditionalSupervisor> {
+    let config = BridgeConfig {
+        name: "dspex-demo".into(),
+        python,
+        ..BridgeConfig::default()
     };
-    let worker = WorkerHandle::spawn(command, spawner, WorkerConfig::default(), None, None)
+    ConditionalSupervisor::start(Mode::Single, config)
         .await
-        .context("starting the worker")?;
-    Ok((env, worker))
+        .context("starting the supervision tree")
 }
 
 async fn demo(python: PythonConfig, question: &str, as_json: bool) -> Result<()> {
     let started = Instant::now();
-    let (_env, worker) = start_worker(python).await?;
-    let ready = worker.ready().await.context("waiting for the worker")?;
+    let tree = start_tree(python).await?;
+    let result = run_demo(&tree, question, as_json, started).await;
+    tree.shutdown(Duration::from_secs(10)).await;
+    result
+}
+
+async fn run_demo(
+    tree: &ConditionalSupervisor,
+    question: &str,
+    as_json: bool,
+    started: Instant,
+) -> Result<()> {
+    let bridge = tree.serving_bridge()?;
+    let worker = bridge
+        .ready_worker(Duration::from_secs(120))
+        .await
+        .context("waiting for the worker")?;
+    let ready = match worker.state() {
+        dspex_bridge::WorkerState::Ready(ready) => ready,
+        other => bail!("worker not ready: {other:?}"),
+    };
     let boot = started.elapsed();
     let opts = CallOptions::default;
 
@@ -129,7 +142,6 @@ async fn demo(python: PythonConfig, question: &str, as_json: bool) -> Result<()>
         )
         .await?;
     let run = t.elapsed();
-    worker.stop().await;
 
     if as_json {
         let report = json!({
@@ -162,30 +174,38 @@ async fn demo(python: PythonConfig, question: &str, as_json: bool) -> Result<()>
 }
 
 async fn doctor(python: PythonConfig) -> Result<()> {
-    let (env, worker) = start_worker(python).await?;
-    println!(
-        "interpreter : {} ({:?})",
-        env.interpreter.display(),
-        env.source
-    );
-    println!("package     : {}", env.package_root.display());
-    let ready = tokio::time::timeout(Duration::from_secs(120), worker.ready()).await;
+    let env = PythonEnv::resolve_async(python)
+        .await
+        .context("resolving the Python environment")?;
+    let report = check_environment(&env).await;
+    println!("{report}");
+    println!("package: {}", env.package_root.display());
+    if !report.is_ok() {
+        bail!("the Python environment cannot run DSPex workers");
+    }
+    let tree = start_tree(PythonConfig {
+        interpreter: Some(env.interpreter.clone()),
+        ..PythonConfig::default()
+    })
+    .await?;
+    let ready = match tree.serving_bridge() {
+        Ok(bridge) => bridge
+            .ready_worker(Duration::from_secs(120))
+            .await
+            .map_err(anyhow::Error::new),
+        Err(error) => Err(error.into()),
+    };
     let result = match ready {
-        Ok(Ok(ready)) => {
+        Ok(worker) => {
             println!(
-                "worker      : ready (pid {}, protocol {})",
-                ready.pid, ready.protocol
-            );
-            println!("python      : {}", ready.python);
-            println!(
-                "dspy        : {}",
-                ready.dspy.as_deref().unwrap_or("NOT INSTALLED")
+                "worker: ready (pid {}) in {:?} mode",
+                worker.pid(),
+                tree.mode()
             );
             Ok(())
         }
-        Ok(Err(error)) => Err(anyhow::Error::new(error).context("the worker did not start")),
-        Err(_) => Err(anyhow::anyhow!("the worker sent no handshake within 120 s")),
+        Err(error) => Err(error.context("the worker did not start")),
     };
-    worker.stop().await;
+    tree.shutdown(Duration::from_secs(10)).await;
     result
 }
