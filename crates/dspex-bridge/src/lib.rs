@@ -15,6 +15,7 @@
 pub mod conditional;
 pub mod env;
 mod error;
+pub mod fake;
 pub mod health;
 pub mod process;
 pub mod single;

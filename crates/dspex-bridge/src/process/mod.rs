@@ -31,14 +31,17 @@ mod tag;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use owner::WorkerProcess;
 pub use spawner::DirectSpawner;
 pub use stderr::{STDERR_TAIL_BYTES, StderrTail};
+
 pub use tag::{
     ProcStat, RUN_TAG_ENV, RunTag, kill_process, proc_stat, sweep_orphans, tagged_processes,
 };
@@ -108,10 +111,41 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
-/// Reaps one process, however it was created.
+/// Sends signals to a worker's process group.
 ///
-/// Signals go to the process group by id (every strategy makes the worker the
-/// leader of its own group), so this trait only has to wait.
+/// For real processes this is `killpg` on the group the worker leads; an
+/// in-process fake worker supplies its own. It must stay harmless after the
+/// process is gone (a group that no longer exists is not an error).
+#[derive(Clone)]
+pub struct Signaller(Arc<dyn Fn(Signal) -> std::io::Result<()> + Send + Sync>);
+
+impl Signaller {
+    /// Signals the process group `pgid` (never group 0 or 1).
+    pub fn process_group(pgid: u32) -> Self {
+        Self(Arc::new(move |signal| spawner::signal_group(pgid, signal)))
+    }
+
+    /// Signals through `send`.
+    pub fn new(send: impl Fn(Signal) -> std::io::Result<()> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(send))
+    }
+
+    /// Sends `signal`.
+    ///
+    /// # Errors
+    /// The OS error, other than "no such process".
+    pub fn send(&self, signal: Signal) -> std::io::Result<()> {
+        (self.0)(signal)
+    }
+}
+
+impl fmt::Debug for Signaller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Signaller")
+    }
+}
+
+/// Reaps one process, however it was created.
 pub trait ProcessControl: Send + fmt::Debug {
     /// Waits for the process to exit and reaps it.
     ///
@@ -131,6 +165,8 @@ pub struct Spawned {
     pub stderr: Box<dyn AsyncRead + Send + Unpin>,
     /// Reaps the process.
     pub control: Box<dyn ProcessControl>,
+    /// Signals the process's group.
+    pub signaller: Signaller,
 }
 
 impl fmt::Debug for Spawned {

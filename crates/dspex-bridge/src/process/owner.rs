@@ -7,9 +7,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::spawner::signal_group;
 use super::stderr::{StderrTail, drain};
-use super::{Exit, Spawned, StopGrace};
+use super::{Exit, Signaller, Spawned, StopGrace};
 
 /// How long the exit report waits for the last stderr bytes after the group
 /// has been killed.
@@ -28,6 +27,7 @@ pub struct WorkerProcess {
     tail: StderrTail,
     exit: watch::Receiver<Option<Exit>>,
     reaper: JoinHandle<()>,
+    signaller: Signaller,
 }
 
 impl std::fmt::Debug for WorkerProcess {
@@ -51,10 +51,12 @@ impl WorkerProcess {
             stdout,
             stderr,
             mut control,
+            signaller,
         } = spawned;
         let tail = StderrTail::default();
         let drainer = tokio::spawn(drain(stderr, tail.clone(), worker_id.clone(), pid));
         let (report, exit) = watch::channel(None);
+        let group = signaller.clone();
         let reaper = tokio::spawn(async move {
             let exit = match control.wait().await {
                 Ok(exit) => exit,
@@ -64,7 +66,7 @@ impl WorkerProcess {
                 }
             };
             // G3: nothing the worker started outlives it.
-            let _ = signal_group(pid, Signal::SIGKILL);
+            let _ = group.send(Signal::SIGKILL);
             let _ = tokio::time::timeout(TAIL_SETTLE, drainer).await;
             let _ = report.send(Some(exit));
         });
@@ -76,6 +78,7 @@ impl WorkerProcess {
             tail,
             exit,
             reaper,
+            signaller,
         }
     }
 
@@ -132,7 +135,7 @@ impl WorkerProcess {
     /// Sends SIGKILL to the worker's process group now.
     pub fn kill(&self) {
         if self.try_exit().is_none() {
-            let _ = signal_group(self.pid, Signal::SIGKILL);
+            let _ = self.signaller.send(Signal::SIGKILL);
         }
     }
 
@@ -144,7 +147,7 @@ impl WorkerProcess {
         if self.try_exit().is_some() {
             return Ok(());
         }
-        signal_group(self.pid, signal)
+        self.signaller.send(signal)
     }
 
     /// Stops the worker: close stdin → `grace.after_eof` → SIGTERM to the

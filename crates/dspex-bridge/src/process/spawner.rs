@@ -154,6 +154,7 @@ fn spawn_child(command: &WorkerCommand) -> Result<Spawned, SpawnError> {
         stdout: Box::new(stdout),
         stderr: Box::new(stderr),
         control: Box::new(ChildControl { child }),
+        signaller: super::Signaller::process_group(pid),
     })
 }
 
