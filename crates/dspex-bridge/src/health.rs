@@ -1,15 +1,17 @@
 //! [`HealthMonitor`]: periodic pings of a worker, a health verdict, and a
 //! restart after too many consecutive failures.
 //!
-//! Every `interval` the monitor pings the current worker (one ping in flight
-//! at most, run in a task so the monitor's own mailbox never waits on
-//! Python). Consecutive failures move the verdict from healthy to degraded
+//! Every `interval` the monitor pings each worker it watches (the single
+//! bridge's worker, or a pool's ready workers), one ping in flight per worker,
+//! each in a task so the monitor's own mailbox never waits on Python.
+//! Consecutive failures of a worker move the verdict from healthy to degraded
 //! (`degraded_after`) to unhealthy (`unhealthy_after`); at `restart_after` the
-//! monitor kills the worker, whose supervisor then replaces it. A success
-//! resets the count. Response times of the last [`LATENCY_WINDOW`] pings are
-//! kept for the status.
+//! monitor kills that worker, whose supervisor then replaces it. A success
+//! resets its count. The verdict is the worst over the watched workers.
+//! Response times of the last [`LATENCY_WINDOW`] pings are kept for the
+//! status.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use dspex_protocol::Command;
@@ -105,8 +107,8 @@ pub struct HealthMonitor;
 /// What the monitor is started with.
 #[derive(Debug)]
 pub struct HealthArgs {
-    /// The worker to watch (the current one, across restarts).
-    pub worker: watch::Receiver<Option<WorkerHandle>>,
+    /// The workers to watch (the current ones, across restarts).
+    pub workers: watch::Receiver<Vec<WorkerHandle>>,
     /// Settings.
     pub config: HealthConfig,
     /// Where the status is published.
@@ -127,14 +129,15 @@ enum Tick {
 #[derive(Debug)]
 pub struct HealthState {
     args: HealthArgs,
-    in_flight: Option<JoinHandle<()>>,
+    in_flight: HashMap<u32, JoinHandle<()>>,
+    failures: HashMap<u32, u32>,
     latencies: VecDeque<Duration>,
     timer: Option<JoinHandle<()>>,
 }
 
 impl Drop for HealthState {
     fn drop(&mut self) {
-        if let Some(task) = self.in_flight.take() {
+        for (_, task) in self.in_flight.drain() {
             task.abort();
         }
         if let Some(timer) = self.timer.take() {
@@ -168,7 +171,8 @@ impl Actor for HealthMonitor {
         });
         Ok(HealthState {
             args,
-            in_flight: None,
+            in_flight: HashMap::new(),
+            failures: HashMap::new(),
             latencies: VecDeque::with_capacity(LATENCY_WINDOW),
             timer: Some(timer),
         })
@@ -190,68 +194,75 @@ impl Actor for HealthMonitor {
 
 impl HealthState {
     fn check(&mut self, myself: &ActorRef<HealthMsg>) {
-        if self
-            .in_flight
-            .as_ref()
-            .is_some_and(|task| !task.is_finished())
-        {
-            return;
+        self.in_flight.retain(|_, task| !task.is_finished());
+        let workers = self.args.workers.borrow().clone();
+        // Forget the counts of workers that are gone.
+        self.failures
+            .retain(|pid, _| workers.iter().any(|w| w.pid() == *pid));
+        for worker in workers {
+            let pid = worker.pid();
+            if self.in_flight.contains_key(&pid)
+                || !matches!(worker.state(), crate::WorkerState::Ready(_))
+            {
+                continue;
+            }
+            let timeout = self.args.config.timeout;
+            let me = myself.clone();
+            self.in_flight.insert(
+                pid,
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let options = CallOptions {
+                        timeout: Some(timeout),
+                        ..CallOptions::default()
+                    };
+                    let result = match worker.call(Command::Ping, options).await {
+                        Ok(_) => Ok(started.elapsed()),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    let _ = me.send_message(HealthMsg(Tick::Result(result, pid)));
+                }),
+            );
         }
-        let Some(worker) = self.args.worker.borrow().clone() else {
-            return;
-        };
-        if !matches!(worker.state(), crate::WorkerState::Ready(_)) {
-            return;
-        }
-        let timeout = self.args.config.timeout;
-        let me = myself.clone();
-        self.in_flight = Some(tokio::spawn(async move {
-            let started = Instant::now();
-            let options = CallOptions {
-                timeout: Some(timeout),
-                ..CallOptions::default()
-            };
-            let result = match worker.call(Command::Ping, options).await {
-                Ok(_) => Ok(started.elapsed()),
-                Err(error) => Err(error.to_string()),
-            };
-            let _ = me.send_message(HealthMsg(Tick::Result(result, worker.pid())));
-        }));
     }
 
     fn record(&mut self, result: Result<Duration, String>, pid: u32) {
         let config = self.args.config;
+        let failures = self.failures.entry(pid).or_insert(0);
         let mut kill = None;
-        self.args.status.send_modify(|status| {
-            status.checks += 1;
-            match &result {
-                Ok(latency) => {
-                    status.consecutive_failures = 0;
-                    if self.latencies.len() == LATENCY_WINDOW {
-                        self.latencies.pop_front();
-                    }
-                    self.latencies.push_back(*latency);
-                    status.latency = stats(&self.latencies);
+        match &result {
+            Ok(latency) => {
+                *failures = 0;
+                if self.latencies.len() == LATENCY_WINDOW {
+                    self.latencies.pop_front();
                 }
-                Err(error) => {
-                    status.failures += 1;
-                    status.consecutive_failures += 1;
-                    tracing::warn!(pid, failures = status.consecutive_failures, %error, "health check failed");
-                    if config
-                        .restart_after
-                        .is_some_and(|n| status.consecutive_failures >= n)
-                    {
-                        status.restarts += 1;
-                        status.consecutive_failures = 0;
-                        kill = Some(error.clone());
-                    }
+                self.latencies.push_back(*latency);
+            }
+            Err(error) => {
+                *failures += 1;
+                tracing::warn!(pid, failures = *failures, %error, "health check failed");
+                if config.restart_after.is_some_and(|n| *failures >= n) {
+                    *failures = 0;
+                    kill = Some(error.clone());
                 }
             }
-            status.health = verdict(status.consecutive_failures, &config, result.is_ok());
+        }
+        let worst = self.failures.values().copied().max().unwrap_or(0);
+        let latency = stats(&self.latencies);
+        self.args.status.send_modify(|status| {
+            status.checks += 1;
+            if result.is_err() {
+                status.failures += 1;
+            }
+            if kill.is_some() {
+                status.restarts += 1;
+            }
+            status.consecutive_failures = worst;
+            status.latency = latency;
+            status.health = verdict(worst, &config);
         });
         if let Some(error) = kill
-            && let Some(worker) = self.args.worker.borrow().clone()
-            && worker.pid() == pid
+            && let Some(worker) = self.args.workers.borrow().iter().find(|w| w.pid() == pid)
         {
             worker.kill(format!(
                 "failed {} health checks in a row; last: {error}",
@@ -261,8 +272,8 @@ impl HealthState {
     }
 }
 
-fn verdict(failures: u32, config: &HealthConfig, last_ok: bool) -> Health {
-    if last_ok || failures == 0 {
+fn verdict(failures: u32, config: &HealthConfig) -> Health {
+    if failures == 0 {
         Health::Healthy
     } else if failures >= config.unhealthy_after {
         Health::Unhealthy
@@ -298,10 +309,10 @@ mod tests {
     #[test]
     fn verdict_follows_consecutive_failures() {
         let config = HealthConfig::default();
-        assert_eq!(verdict(0, &config, true), Health::Healthy);
-        assert_eq!(verdict(1, &config, false), Health::Degraded);
-        assert_eq!(verdict(2, &config, false), Health::Degraded);
-        assert_eq!(verdict(3, &config, false), Health::Unhealthy);
+        assert_eq!(verdict(0, &config), Health::Healthy);
+        assert_eq!(verdict(1, &config), Health::Degraded);
+        assert_eq!(verdict(2, &config), Health::Degraded);
+        assert_eq!(verdict(3, &config), Health::Unhealthy);
     }
 
     #[test]

@@ -13,10 +13,12 @@
 //!   `dspex_bridge` package.
 
 pub mod conditional;
+mod context;
 pub mod env;
 mod error;
 pub mod fake;
 pub mod health;
+pub mod pool;
 pub mod process;
 pub mod single;
 pub mod worker;

@@ -24,8 +24,9 @@ use dspex_supervision::{
 use ractor::{Actor, ActorCell};
 use tokio::sync::{broadcast, watch};
 
+use crate::context::TreeContext;
 use crate::health::{HealthArgs, HealthConfig, HealthMonitor, HealthStatus};
-use crate::process::{DirectSpawner, RunTag, SpawnStrategy, WorkerCommand, tagged_processes};
+use crate::process::{DirectSpawner, RunTag, SpawnStrategy, tagged_processes};
 use crate::worker::{CallOptions, WorkerConfig, WorkerEvent, WorkerHandle, WorkerState};
 use crate::{PythonConfig, PythonEnv, WorkerError};
 
@@ -53,6 +54,8 @@ pub struct BridgeConfig {
     pub args: Vec<OsString>,
     /// Kill tagged workers of dead hosts at start (G9).
     pub sweep_orphans: bool,
+    /// How workers are created (default: a [`DirectSpawner`] per tree).
+    pub spawner: Option<Arc<dyn SpawnStrategy>>,
 }
 
 impl Default for BridgeConfig {
@@ -68,6 +71,7 @@ impl Default for BridgeConfig {
             env: Vec::new(),
             args: Vec::new(),
             sweep_orphans: true,
+            spawner: None,
         }
     }
 }
@@ -141,64 +145,6 @@ struct Inner {
     checkout_timeout: Duration,
 }
 
-/// What every worker of one tree shares.
-#[derive(Debug)]
-pub(crate) struct TreeContext {
-    pub(crate) python: PythonEnv,
-    pub(crate) spawner: Arc<dyn SpawnStrategy>,
-    pub(crate) run_tag: RunTag,
-    pub(crate) worker: WorkerConfig,
-    pub(crate) env: Vec<(OsString, OsString)>,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) events: broadcast::Sender<WorkerEvent>,
-}
-
-impl TreeContext {
-    pub(crate) fn command(&self, worker_id: &str) -> WorkerCommand {
-        WorkerCommand {
-            interpreter: self.python.interpreter.clone(),
-            python_path: self.python.python_path(),
-            worker_id: worker_id.to_owned(),
-            args: self.args.clone(),
-            env: self.env.clone(),
-            run_tag: self.run_tag.clone(),
-        }
-    }
-
-    /// A permanent child that starts worker `worker_id` and publishes its
-    /// handle into `slot` at every (re)start.
-    pub(crate) fn worker_child(
-        self: &Arc<Self>,
-        worker_id: String,
-        slot: watch::Sender<Option<WorkerHandle>>,
-    ) -> ChildSpec {
-        let grace = self.worker.stop_grace;
-        let ctx = Arc::clone(self);
-        ChildSpec::new(worker_id.clone(), move |supervisor| {
-            let ctx = Arc::clone(&ctx);
-            let slot = slot.clone();
-            let worker_id = worker_id.clone();
-            async move {
-                let handle = WorkerHandle::spawn(
-                    ctx.command(&worker_id),
-                    Arc::clone(&ctx.spawner),
-                    ctx.worker,
-                    Some(ctx.events.clone()),
-                    Some(supervisor),
-                )
-                .await
-                .map_err(StartError::from_error)?;
-                let cell = handle.actor().get_cell();
-                slot.send_replace(Some(handle));
-                Ok(cell)
-            }
-        })
-        // The worker escalates EOF → SIGTERM → SIGKILL itself; give it that
-        // long before the supervisor kills the actor.
-        .shutdown(grace.after_eof + grace.after_term + Duration::from_millis(500))
-    }
-}
-
 impl Bridge {
     /// Resolves Python, then starts the tree. Returns once the worker process
     /// is spawned (not yet ready: calls wait for it).
@@ -242,12 +188,17 @@ impl Bridge {
                 tracing::warn!(killed, "killed orphaned workers of dead hosts");
             }
         }
-        let spawner = DirectSpawner::new(&config.name)
-            .map_err(|e| BridgeError::Start(format!("spawner thread: {e}")))?;
+        let spawner = match &config.spawner {
+            Some(spawner) => Arc::clone(spawner),
+            None => Arc::new(
+                DirectSpawner::new(&config.name)
+                    .map_err(|e| BridgeError::Start(format!("spawner thread: {e}")))?,
+            ),
+        };
         let (events, _) = broadcast::channel(1024);
         let ctx = Arc::new(TreeContext {
             python: python.clone(),
-            spawner: Arc::new(spawner),
+            spawner,
             run_tag: RunTag::new(),
             worker: config.worker,
             env: config.env.clone(),
@@ -255,10 +206,11 @@ impl Bridge {
             events: events.clone(),
         });
         let (slot, worker) = watch::channel(None);
+        let (watched, health_workers) = watch::channel(Vec::new());
         let (health_tx, health) = watch::channel(HealthStatus::default());
         let worker_child = format!("{}-0", config.name);
         let health_config = config.health;
-        let health_worker = worker.clone();
+
         let supervisor = Supervisor::new(SupervisorOptions {
             strategy: Strategy::OneForOne,
             intensity: config.intensity,
@@ -266,10 +218,16 @@ impl Bridge {
             on_give_up,
             ..SupervisorOptions::default()
         })
-        .child(ctx.worker_child(worker_child.clone(), slot))
+        .child(ctx.worker_child(
+            worker_child.clone(),
+            Arc::new(move |handle: WorkerHandle| {
+                watched.send_replace(vec![handle.clone()]);
+                slot.send_replace(Some(handle));
+            }),
+        ))
         .child(ChildSpec::new("health", move |supervisor| {
             let args = HealthArgs {
-                worker: health_worker.clone(),
+                workers: health_workers.clone(),
                 config: health_config,
                 status: health_tx.clone(),
             };

@@ -124,6 +124,21 @@ impl WorkerHandle {
     /// [`WorkerError::Refused`] for a request too large to send;
     /// [`WorkerError::Unavailable`] if the actor is gone.
     pub async fn call(&self, command: Command, options: CallOptions) -> Result<Value, WorkerError> {
+        let answer = self.send(command, options)?;
+        answer.await.unwrap_or_else(|_| Err(self.unavailable()))
+    }
+
+    /// Sends a command and returns the receiver of its reply, without
+    /// waiting. The pool uses this to keep a reply it must drain after its
+    /// caller has gone.
+    ///
+    /// # Errors
+    /// [`WorkerError::Unavailable`] if the actor is gone.
+    pub fn send(
+        &self,
+        command: Command,
+        options: CallOptions,
+    ) -> Result<oneshot::Receiver<Result<Value, WorkerError>>, WorkerError> {
         let (reply, answer) = oneshot::channel();
         let call = Call {
             command,
@@ -134,7 +149,7 @@ impl WorkerHandle {
         self.actor
             .send_message(WorkerMsg(Inner::Call(Box::new(call))))
             .map_err(|_| self.unavailable())?;
-        answer.await.unwrap_or_else(|_| Err(self.unavailable()))
+        Ok(answer)
     }
 
     /// A snapshot of the worker.
@@ -179,7 +194,7 @@ impl WorkerHandle {
             .await;
     }
 
-    fn unavailable(&self) -> WorkerError {
+    pub(crate) fn unavailable(&self) -> WorkerError {
         WorkerError::Unavailable {
             worker_id: self.worker_id.to_string(),
         }

@@ -1,0 +1,71 @@
+//! What every worker of one tree shares, and how a worker becomes a
+//! supervised child.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dspex_supervision::{ChildSpec, StartError};
+use tokio::sync::broadcast;
+
+use crate::PythonEnv;
+use crate::process::{RunTag, SpawnStrategy, WorkerCommand};
+use crate::worker::{WorkerConfig, WorkerEvent, WorkerHandle};
+
+/// What every worker of one tree shares.
+#[derive(Debug)]
+pub(crate) struct TreeContext {
+    pub(crate) python: PythonEnv,
+    pub(crate) spawner: Arc<dyn SpawnStrategy>,
+    pub(crate) run_tag: RunTag,
+    pub(crate) worker: WorkerConfig,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) events: broadcast::Sender<WorkerEvent>,
+}
+
+impl TreeContext {
+    pub(crate) fn command(&self, worker_id: &str) -> WorkerCommand {
+        WorkerCommand {
+            interpreter: self.python.interpreter.clone(),
+            python_path: self.python.python_path(),
+            worker_id: worker_id.to_owned(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            run_tag: self.run_tag.clone(),
+        }
+    }
+
+    /// A permanent child that starts worker `worker_id` and hands its handle
+    /// to `on_start` at every (re)start.
+    pub(crate) fn worker_child(
+        self: &Arc<Self>,
+        worker_id: String,
+        on_start: Arc<dyn Fn(WorkerHandle) + Send + Sync>,
+    ) -> ChildSpec {
+        let grace = self.worker.stop_grace;
+        let ctx = Arc::clone(self);
+        ChildSpec::new(worker_id.clone(), move |supervisor| {
+            let ctx = Arc::clone(&ctx);
+            let on_start = Arc::clone(&on_start);
+            let worker_id = worker_id.clone();
+            async move {
+                let handle = WorkerHandle::spawn(
+                    ctx.command(&worker_id),
+                    Arc::clone(&ctx.spawner),
+                    ctx.worker,
+                    Some(ctx.events.clone()),
+                    Some(supervisor),
+                )
+                .await
+                .map_err(StartError::from_error)?;
+                let cell = handle.actor().get_cell();
+                on_start(handle);
+                Ok(cell)
+            }
+        })
+        // The worker escalates EOF → SIGTERM → SIGKILL itself; give it that
+        // long before the supervisor kills the actor.
+        .shutdown(grace.after_eof + grace.after_term + Duration::from_millis(500))
+    }
+}
