@@ -19,9 +19,11 @@
 //! on the shutdown.
 
 mod leak;
+mod pool;
 mod tree;
 mod wait;
 
 pub use leak::{LeakReport, fd_count, zombie_children};
+pub use pool::TestPool;
 pub use tree::{TestTree, TestTreeBuilder, managed_python};
 pub use wait::{poll_until, wait_event};

@@ -46,17 +46,27 @@ pub struct TestTreeBuilder {
     interpreter: Option<PathBuf>,
 }
 
+/// A name unique to one test tree (a per-tree prefix for worker ids).
+pub(crate) fn test_name() -> String {
+    let nonce = RandomState::new().build_hasher().finish();
+    format!("t{:08x}", nonce as u32)
+}
+
+/// The workers' environment in tests: fault commands on, DSPy lazy.
+pub(crate) fn test_worker_env() -> Vec<(OsString, OsString)> {
+    vec![env("DSPEX_TEST_FAULTS", "1"), env("DSPEX_LAZY_DSPY", "1")]
+}
+
 impl Default for TestTreeBuilder {
     fn default() -> Self {
-        let nonce = RandomState::new().build_hasher().finish();
         let config = BridgeConfig {
-            name: format!("t{:08x}", nonce as u32),
+            name: test_name(),
             health: HealthConfig {
                 interval: Duration::from_secs(3600),
                 restart_after: None,
                 ..HealthConfig::default()
             },
-            env: vec![env("DSPEX_TEST_FAULTS", "1"), env("DSPEX_LAZY_DSPY", "1")],
+            env: test_worker_env(),
             // Other trees' workers are live, not orphans: never sweep here.
             sweep_orphans: false,
             ..BridgeConfig::default()
