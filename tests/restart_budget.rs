@@ -449,16 +449,10 @@ async fn spawn_failure(label: &str, path: &Path, errno: i32, os_text: &str) {
 }
 
 /// A caller that is already waiting for a worker when the bridge gives up
-/// must get what every later caller gets: `Unavailable` with the cause.
-///
-/// Fails today: giving up, the supervisor publishes `Stopping` while it stops
-/// its remaining children, and only then `Failed`. `Bridge::ready_worker`
-/// wakes on the `Stopping` snapshot and maps it to
-/// `BridgeError::ShuttingDown`, so the waiting caller is told the bridge is
-/// shutting down (and `status()` reports `Stopped` for that moment), although
-/// nobody asked for a shutdown and the real cause is lost to that caller.
+/// gets what every later caller gets: `Unavailable` with the cause. (Giving
+/// up, the supervisor is `Stopping` while it stops its children before it is
+/// `Failed`; a stop nobody asked for is not a shutdown.)
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug: a caller waiting through the give-up gets ShuttingDown (see the doc comment)"]
 async fn caller_waiting_through_the_give_up_gets_unavailable() {
     let tree = TestTree::builder()
         .worker_env("DSPEX_TEST_FAIL_IMPORT", "1")

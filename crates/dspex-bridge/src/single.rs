@@ -14,6 +14,7 @@
 
 use std::ffi::OsString;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dspex_protocol::{Command, Value};
@@ -143,6 +144,7 @@ struct Inner {
     python: PythonEnv,
     worker_child: String,
     checkout_timeout: Duration,
+    shutdown_requested: AtomicBool,
 }
 
 impl Bridge {
@@ -253,6 +255,7 @@ impl Bridge {
                 python,
                 worker_child,
                 checkout_timeout: config.checkout_timeout,
+                shutdown_requested: AtomicBool::new(false),
             }),
         })
     }
@@ -293,12 +296,12 @@ impl Bridge {
                     tokio::select! {
                         _ = worker.ready() => {}
                         changed = slot.changed() => if changed.is_err() { return Err(BridgeError::ShuttingDown) },
-                        _ = self.inner.supervisor.wait_for(|s| !matches!(s.state, SupervisorState::Running | SupervisorState::Starting)) => {}
+                        _ = self.settled_state() => {}
                     }
                 } else {
                     tokio::select! {
                         changed = slot.changed() => if changed.is_err() { return Err(BridgeError::ShuttingDown) },
-                        _ = self.inner.supervisor.wait_for(|s| !matches!(s.state, SupervisorState::Running | SupervisorState::Starting)) => {}
+                        _ = self.settled_state() => {}
                     }
                 }
             }
@@ -314,8 +317,30 @@ impl Bridge {
             SupervisorState::Failed(cause) => Err(BridgeError::Unavailable {
                 cause: cause.to_string(),
             }),
+            // Stopping that nobody asked for is the supervisor giving up:
+            // wait for its `Failed` and the cause that comes with it.
+            SupervisorState::Stopping if !self.shutdown_requested() => Ok(()),
             SupervisorState::Stopping | SupervisorState::Stopped => Err(BridgeError::ShuttingDown),
         }
+    }
+
+    fn shutdown_requested(&self) -> bool {
+        self.inner.shutdown_requested.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when the supervisor reaches a state a waiting caller must
+    /// act on: failed, stopped, or stopping because shutdown was asked for.
+    async fn settled_state(&self) {
+        let requested = &self.inner.shutdown_requested;
+        let _ = self
+            .inner
+            .supervisor
+            .wait_for(|s| match s.state {
+                SupervisorState::Failed(_) | SupervisorState::Stopped => true,
+                SupervisorState::Stopping => requested.load(Ordering::SeqCst),
+                SupervisorState::Starting | SupervisorState::Running => false,
+            })
+            .await;
     }
 
     /// A snapshot of the bridge. Never waits on an actor.
@@ -323,6 +348,8 @@ impl Bridge {
         let supervisor = self.inner.supervisor.status();
         let state = match &supervisor.state {
             SupervisorState::Starting | SupervisorState::Running => BridgeState::Running,
+            // Giving up (stopping children before `Failed`): not a shutdown.
+            SupervisorState::Stopping if !self.shutdown_requested() => BridgeState::Running,
             SupervisorState::Failed(cause) => BridgeState::Failed(cause.to_string()),
             SupervisorState::Stopping | SupervisorState::Stopped => BridgeState::Stopped,
         };
@@ -381,6 +408,7 @@ impl Bridge {
     /// The shutdown proceeds if the future is dropped; only the final
     /// verification is skipped.
     pub async fn shutdown(&self, timeout: Duration) -> usize {
+        self.inner.shutdown_requested.store(true, Ordering::SeqCst);
         self.inner.supervisor.stop(timeout).await;
         let stragglers = tagged_processes(&self.inner.run_tag);
         for &pid in &stragglers {
