@@ -177,12 +177,10 @@ async fn s26_sigkilled_host_leaves_no_worker() {
 /// Pass figure: 0 tagged processes, the grandchild included, ≤ 2 s after the
 /// kill.
 ///
-/// Fails today: the worker dies of its parent-death signal, but nothing kills
-/// its process group afterwards (the reaper that would, G3, lived in the dead
-/// host) and `sleep` reads no input, so it never sees an EOF. It is
-/// reparented to init and lives on until the next host's orphan sweep.
+/// The worker dies of its parent-death signal; the grandchild (`sleep`, which
+/// reads no input and so never sees an EOF) is killed by the tree's watchdog,
+/// which wakes when the dead host's end of its pipe closes.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug: a host SIGKILL leaves the workers' descendants alive (see the doc comment)"]
 async fn s26_sigkilled_host_leaves_no_grandchild() {
     let _serial = SERIAL.lock().await;
     let mut host = start_host(2, 1).await;

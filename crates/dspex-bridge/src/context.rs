@@ -9,7 +9,7 @@ use dspex_supervision::{ChildSpec, StartError};
 use tokio::sync::broadcast;
 
 use crate::PythonEnv;
-use crate::process::{RunTag, SpawnStrategy, WorkerCommand};
+use crate::process::{RunTag, SpawnStrategy, Watchdog, WorkerCommand};
 use crate::worker::{WorkerConfig, WorkerEvent, WorkerHandle};
 
 /// What every worker of one tree shares.
@@ -22,9 +22,34 @@ pub(crate) struct TreeContext {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) args: Vec<OsString>,
     pub(crate) events: broadcast::Sender<WorkerEvent>,
+    /// Kills the tree's processes once the host (or this context) is gone.
+    pub(crate) _watchdog: Option<Watchdog>,
 }
 
 impl TreeContext {
+    /// A context with a fresh run tag and its watchdog.
+    pub(crate) fn new(
+        python: PythonEnv,
+        spawner: Arc<dyn SpawnStrategy>,
+        worker: WorkerConfig,
+        env: Vec<(OsString, OsString)>,
+        args: Vec<OsString>,
+        events: broadcast::Sender<WorkerEvent>,
+    ) -> std::io::Result<Self> {
+        let run_tag = RunTag::new();
+        let watchdog = Watchdog::start(&run_tag)?;
+        Ok(Self {
+            python,
+            spawner,
+            run_tag,
+            worker,
+            env,
+            args,
+            events,
+            _watchdog: Some(watchdog),
+        })
+    }
+
     pub(crate) fn command(&self, worker_id: &str) -> WorkerCommand {
         WorkerCommand {
             interpreter: self.python.interpreter.clone(),

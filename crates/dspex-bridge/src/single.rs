@@ -198,15 +198,17 @@ impl Bridge {
             ),
         };
         let (events, _) = broadcast::channel(1024);
-        let ctx = Arc::new(TreeContext {
-            python: python.clone(),
-            spawner,
-            run_tag: RunTag::new(),
-            worker: config.worker,
-            env: config.env.clone(),
-            args: config.args.clone(),
-            events: events.clone(),
-        });
+        let ctx = Arc::new(
+            TreeContext::new(
+                python.clone(),
+                spawner,
+                config.worker,
+                config.env.clone(),
+                config.args.clone(),
+                events.clone(),
+            )
+            .map_err(|e| BridgeError::Start(format!("watchdog: {e}")))?,
+        );
         let (slot, worker) = watch::channel(None);
         let (watched, health_workers) = watch::channel(Vec::new());
         let (health_tx, health) = watch::channel(HealthStatus::default());

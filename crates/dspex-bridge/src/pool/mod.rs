@@ -280,15 +280,17 @@ impl Pool {
             ),
         };
         let (worker_events, _) = broadcast::channel(4096);
-        let ctx = Arc::new(TreeContext {
-            python,
-            spawner,
-            run_tag: RunTag::new(),
-            worker: config.worker,
-            env: config.env.clone(),
-            args: config.args.clone(),
-            events: worker_events,
-        });
+        let ctx = Arc::new(
+            TreeContext::new(
+                python,
+                spawner,
+                config.worker,
+                config.env.clone(),
+                config.args.clone(),
+                worker_events,
+            )
+            .map_err(|e| PoolError::Start(format!("watchdog: {e}")))?,
+        );
         let (actor_tx, actor) = watch::channel(None);
         let (status_tx, status) = watch::channel(PoolStatus::empty());
         let (health_tx, health) = watch::channel(HealthStatus::default());

@@ -21,12 +21,15 @@
 //! - G8: stderr drained into a ring buffer of [`STDERR_TAIL_BYTES`] and
 //!   rate-limited log lines carrying the worker id and pid.
 //! - G9: every worker carries the tree's [`RunTag`]; [`sweep_orphans`] kills
-//!   tagged workers whose host is gone.
+//!   tagged workers whose host is gone, and each tree's [`Watchdog`] kills
+//!   whatever carries its tag the moment the host is gone (descendants of
+//!   workers included, which the parent-death signal does not reach).
 
 mod owner;
 mod spawner;
 mod stderr;
 mod tag;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -41,6 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use owner::WorkerProcess;
 pub use spawner::DirectSpawner;
 pub use stderr::{STDERR_TAIL_BYTES, StderrTail};
+pub use watchdog::Watchdog;
 
 pub use tag::{
     ProcStat, RUN_TAG_ENV, RunTag, kill_process, proc_stat, sweep_orphans, tagged_processes,
