@@ -4,9 +4,10 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use dspex_bridge::pool::{PoolConfig, RequestOptions};
 use dspex_bridge::{
     BridgeConfig, BridgeError, CallOptions, ConditionalError, ConditionalSupervisor, Mode,
-    PythonConfig,
+    PythonConfig, TreeConfig,
 };
 use dspex_protocol::Command;
 use dspex_testkit::managed_python;
@@ -33,7 +34,7 @@ fn test_config(extra_env: &[(&str, &str)]) -> BridgeConfig {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn single_mode_serves_and_reports_its_mode_and_environment() {
-    let tree = ConditionalSupervisor::start(Mode::Single, test_config(&[]))
+    let tree = ConditionalSupervisor::start(TreeConfig::Single(test_config(&[])))
         .await
         .unwrap();
     assert_eq!(tree.mode(), Mode::Single);
@@ -57,7 +58,7 @@ async fn single_mode_serves_and_reports_its_mode_and_environment() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn disabled_mode_starts_nothing_and_says_why_calls_fail() {
-    let tree = ConditionalSupervisor::start(Mode::Disabled, BridgeConfig::default())
+    let tree = ConditionalSupervisor::start(TreeConfig::Disabled)
         .await
         .unwrap();
     assert_eq!(tree.status().mode, Mode::Disabled);
@@ -70,15 +71,38 @@ async fn disabled_mode_starts_nothing_and_says_why_calls_fail() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pool_mode_is_a_clear_error_not_a_fallback() {
-    let error = ConditionalSupervisor::start(Mode::Pool, test_config(&[]))
+async fn pool_mode_serves_through_a_pool_and_says_so() {
+    let bridge = test_config(&[]);
+    let config = PoolConfig {
+        name: bridge.name.clone(),
+        python: bridge.python.clone(),
+        env: bridge.env.clone(),
+        size: 2,
+        sweep_orphans: false,
+        ..PoolConfig::default()
+    };
+    let tree = ConditionalSupervisor::start(TreeConfig::Pool(config))
         .await
-        .unwrap_err();
-    assert!(matches!(
-        error,
-        ConditionalError::ModeUnavailable(Mode::Pool)
-    ));
-    assert!(error.to_string().contains("Mode::Single"));
+        .unwrap();
+    assert_eq!(tree.mode(), Mode::Pool);
+    assert!(tree.bridge().is_none());
+    let pool = tree.pool().unwrap();
+    let reply = pool
+        .call(
+            Command::custom("echo", json!({"p": 1})),
+            RequestOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, json!({"p": 1}));
+    let status = tree.status();
+    assert_eq!(status.mode, Mode::Pool);
+    assert_eq!(status.pool.unwrap().workers.len(), 2);
+    match tree.serving_bridge() {
+        Err(BridgeError::Unavailable { cause }) => assert!(cause.contains("Pool"), "{cause}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(tree.shutdown(Duration::from_secs(10)).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,7 +122,7 @@ async fn an_interpreter_without_dspy_is_reported_before_anything_starts() {
         // This machine's python3 has DSPy installed globally; nothing to show.
         return;
     }
-    match ConditionalSupervisor::start(Mode::Single, config).await {
+    match ConditionalSupervisor::start(TreeConfig::Single(config)).await {
         Err(ConditionalError::EnvironmentCheck(report)) => {
             assert!(!report.is_ok());
             assert!(
@@ -115,7 +139,7 @@ async fn an_interpreter_without_dspy_is_reported_before_anything_starts() {
 async fn a_missing_interpreter_is_reported() {
     let mut config = test_config(&[]);
     config.python.interpreter = Some("/nonexistent/bin/python3".into());
-    match ConditionalSupervisor::start(Mode::Single, config).await {
+    match ConditionalSupervisor::start(TreeConfig::Single(config)).await {
         Err(ConditionalError::EnvironmentCheck(report)) => {
             let text = report.to_string();
             assert!(text.contains("/nonexistent/bin/python3"), "{text}");
@@ -126,10 +150,10 @@ async fn a_missing_interpreter_is_reported() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subtree_that_gives_up_leaves_the_root_failed_with_the_cause() {
-    let tree = ConditionalSupervisor::start(
-        Mode::Single,
-        test_config(&[("DSPEX_TEST_FAIL_IMPORT", "1")]),
-    )
+    let tree = ConditionalSupervisor::start(TreeConfig::Single(test_config(&[(
+        "DSPEX_TEST_FAIL_IMPORT",
+        "1",
+    )])))
     .await
     .unwrap();
     let failed = tree.supervisor().wait_for(|s| s.state.is_failed());

@@ -5,14 +5,16 @@
 //! ```text
 //! ConditionalSupervisor (one_for_one, no restarts of its subtree, Remain)
 //! ├─ Disabled: no children; every call fails with BridgeError::Unavailable
-//! └─ Single:   BridgeSupervisor (one_for_one) ─ Worker, HealthMonitor
+//! ├─ Single:   BridgeSupervisor (one_for_one) ─ Worker, HealthMonitor
+//! └─ Pool:     PoolSupervisor (rest_for_one) ─ SessionJanitor, Pool ─ Workers, HealthMonitor
 //! ```
 //!
-//! When the subtree gives up (its own restart budget exhausted), the
-//! conditional supervisor enters `Failed` with the subtree's cause and stays
-//! up to report it: an embedding service observes the failure through
-//! [`ConditionalSupervisor::status`] and the events instead of its process
-//! exiting. There is no hidden override: the mode in the status is the mode
+//! When the subtree gives up (its own restart budget exhausted), the tree is
+//! `Failed` with the subtree's cause and stays up to report it: an embedding
+//! service observes the failure through [`ConditionalSupervisor::status`] and
+//! the events instead of its process exiting. (A single bridge escalates to
+//! the root, which enters `Failed`; a pool stays up in its own `Failed` state,
+//! which the status reports.) There is no hidden override: the mode in the status is the mode
 //! the configuration asked for, or `start` failed with the reason.
 
 use std::process::Command as OsCommand;
@@ -25,18 +27,41 @@ use dspex_supervision::{
 };
 use serde::Deserialize;
 
+use crate::pool::{Pool, PoolConfig, PoolState, PoolStatus};
 use crate::single::{Bridge, BridgeConfig, BridgeError, BridgeStatus};
 use crate::{EnvError, PythonEnv};
 
-/// Which subtree to run. There is no default: the configuration says.
+/// Which subtree runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// No Python at all; calls fail with a clear error.
     Disabled,
     /// One worker under a bridge supervisor.
     Single,
-    /// A pool of workers (not available in this version).
+    /// A pool of workers.
     Pool,
+}
+
+/// The mode and its configuration. There is no default: the caller says.
+#[derive(Debug, Clone)]
+pub enum TreeConfig {
+    /// No Python at all.
+    Disabled,
+    /// One worker.
+    Single(BridgeConfig),
+    /// A pool of workers.
+    Pool(PoolConfig),
+}
+
+impl TreeConfig {
+    /// The mode this configuration selects.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Self::Disabled => Mode::Disabled,
+            Self::Single(_) => Mode::Single,
+            Self::Pool(_) => Mode::Pool,
+        }
+    }
 }
 
 /// What the environment check found.
@@ -113,6 +138,8 @@ pub struct ConditionalStatus {
     pub environment: Option<EnvironmentReport>,
     /// The single bridge's status, in `Single` mode.
     pub bridge: Option<BridgeStatus>,
+    /// The pool's status, in `Pool` mode.
+    pub pool: Option<PoolStatus>,
 }
 
 /// The root supervisor. See the module docs.
@@ -121,25 +148,23 @@ pub struct ConditionalSupervisor {
     mode: Mode,
     root: SupervisorHandle,
     bridge: Option<Bridge>,
+    pool: Option<Pool>,
     environment: Option<EnvironmentReport>,
 }
 
 impl ConditionalSupervisor {
-    /// Checks the environment (unless `Disabled`) and starts the subtree for
-    /// `mode`.
+    /// Checks the environment (unless `Disabled`) and starts the subtree the
+    /// configuration selects.
     ///
     /// # Cancel safety
     /// Not cancel safe once the tree has started (as [`Bridge::start`]).
     ///
     /// # Errors
-    /// [`ConditionalError::ModeUnavailable`] for `Pool`;
     /// [`ConditionalError::Environment`] or
     /// [`ConditionalError::EnvironmentCheck`] (with the report) when Python
     /// cannot run workers; [`ConditionalError::Start`].
-    pub async fn start(mode: Mode, config: BridgeConfig) -> Result<Self, ConditionalError> {
-        if mode == Mode::Pool {
-            return Err(ConditionalError::ModeUnavailable(mode));
-        }
+    pub async fn start(config: TreeConfig) -> Result<Self, ConditionalError> {
+        let mode = config.mode();
         let options = SupervisorOptions {
             // The subtree has its own restart budget; when it gives up, so
             // does the root, and stays up to report why.
@@ -150,57 +175,79 @@ impl ConditionalSupervisor {
             on_give_up: OnGiveUp::Remain,
             ..SupervisorOptions::default()
         };
-        if mode == Mode::Disabled {
-            let root = Supervisor::new(options)
-                .spawn()
-                .await
-                .map_err(|e| ConditionalError::Start(e.to_string()))?;
-            return Ok(Self {
-                mode,
-                root,
-                bridge: None,
-                environment: None,
-            });
-        }
-
-        let python = PythonEnv::resolve_async(config.python.clone()).await?;
+        let python_config = match &config {
+            TreeConfig::Disabled => {
+                let root = Supervisor::new(options)
+                    .spawn()
+                    .await
+                    .map_err(|e| ConditionalError::Start(e.to_string()))?;
+                return Ok(Self {
+                    mode,
+                    root,
+                    bridge: None,
+                    pool: None,
+                    environment: None,
+                });
+            }
+            TreeConfig::Single(bridge) => bridge.python.clone(),
+            TreeConfig::Pool(pool) => pool.python.clone(),
+        };
+        let python = PythonEnv::resolve_async(python_config).await?;
         let report = check_environment(&python).await;
         if !report.is_ok() {
             return Err(ConditionalError::EnvironmentCheck(Box::new(report)));
         }
-        let slot: Arc<Mutex<Option<Bridge>>> = Arc::default();
-        let started = Arc::clone(&slot);
-        let root = Supervisor::new(options)
-            .child(
-                ChildSpec::new("bridge", move |parent| {
-                    let config = config.clone();
-                    let python = python.clone();
-                    let started = Arc::clone(&started);
-                    async move {
+        let started: Arc<Mutex<Option<Subtree>>> = Arc::default();
+        let slot = Arc::clone(&started);
+        let child = ChildSpec::new(mode_name(mode), move |parent| {
+            let config = config.clone();
+            let python = python.clone();
+            let slot = Arc::clone(&slot);
+            async move {
+                let (subtree, cell) = match config {
+                    TreeConfig::Single(config) => {
                         let bridge =
                             Bridge::start_with(config, python, Some(parent), OnGiveUp::Escalate)
                                 .await
                                 .map_err(StartError::from_error)?;
                         let cell = bridge.supervisor().cell().clone();
-                        *started
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bridge);
-                        Ok(cell)
+                        (Subtree::Single(bridge), cell)
                     }
-                })
-                .shutdown(Duration::from_secs(30)),
-            )
+                    TreeConfig::Pool(config) => {
+                        let pool = Pool::start_linked(config, python, Some(parent))
+                            .await
+                            .map_err(StartError::from_error)?;
+                        let cell = pool.supervisor().cell().clone();
+                        (Subtree::Pool(pool), cell)
+                    }
+                    TreeConfig::Disabled => return Err(StartError::new("disabled")),
+                };
+                *slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(subtree);
+                Ok(cell)
+            }
+        })
+        .shutdown(Duration::from_secs(60));
+        let root = Supervisor::new(options)
+            .child(child)
             .spawn()
             .await
             .map_err(|e| ConditionalError::Start(e.to_string()))?;
-        let bridge = slot
+        let subtree = started
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
+        let (bridge, pool) = match subtree {
+            Some(Subtree::Single(bridge)) => (Some(bridge), None),
+            Some(Subtree::Pool(pool)) => (None, Some(pool)),
+            None => (None, None),
+        };
         Ok(Self {
             mode,
             root,
             bridge,
+            pool,
             environment: Some(report),
         })
     }
@@ -215,6 +262,11 @@ impl ConditionalSupervisor {
         self.bridge.as_ref()
     }
 
+    /// The pool, in `Pool` mode.
+    pub fn pool(&self) -> Option<&Pool> {
+        self.pool.as_ref()
+    }
+
     /// The root supervisor, for its status and events.
     pub fn supervisor(&self) -> &SupervisorHandle {
         &self.root
@@ -223,7 +275,8 @@ impl ConditionalSupervisor {
     /// The bridge to call, or why there is none.
     ///
     /// # Errors
-    /// [`BridgeError::Unavailable`] in `Disabled` mode or after the tree gave up.
+    /// [`BridgeError::Unavailable`] in another mode than `Single`, or after
+    /// the tree gave up.
     pub fn serving_bridge(&self) -> Result<&Bridge, BridgeError> {
         if let SupervisorState::Failed(cause) = self.root.status().state {
             return Err(BridgeError::Unavailable {
@@ -233,21 +286,33 @@ impl ConditionalSupervisor {
         self.bridge
             .as_ref()
             .ok_or_else(|| BridgeError::Unavailable {
-                cause: "DSPex runs in Disabled mode (set by the configuration)".into(),
+                cause: format!(
+                    "DSPex runs in {:?} mode (set by the configuration), which has no single \
+                     bridge",
+                    self.mode
+                ),
             })
+    }
+
+    /// Why the tree serves nothing any more, once it has given up.
+    pub fn failure(&self) -> Option<String> {
+        if let SupervisorState::Failed(cause) = self.root.status().state {
+            return Some(cause.to_string());
+        }
+        match self.pool.as_ref().map(|p| p.status().state) {
+            Some(PoolState::Failed(cause)) => Some(cause),
+            _ => None,
+        }
     }
 
     /// A snapshot of the tree. Never waits on an actor.
     pub fn status(&self) -> ConditionalStatus {
-        let failed = match self.root.status().state {
-            SupervisorState::Failed(cause) => Some(cause.to_string()),
-            _ => None,
-        };
         ConditionalStatus {
             mode: self.mode,
-            failed,
+            failed: self.failure(),
             environment: self.environment.clone(),
             bridge: self.bridge.as_ref().map(Bridge::status),
+            pool: self.pool.as_ref().map(Pool::status),
         }
     }
 
@@ -257,10 +322,25 @@ impl ConditionalSupervisor {
     /// The shutdown proceeds if the future is dropped.
     pub async fn shutdown(&self, timeout: Duration) -> usize {
         self.root.stop(timeout).await;
-        match &self.bridge {
-            Some(bridge) => bridge.shutdown(timeout).await,
-            None => 0,
+        match (&self.bridge, &self.pool) {
+            (Some(bridge), _) => bridge.shutdown(timeout).await,
+            (_, Some(pool)) => pool.shutdown(timeout).await,
+            _ => 0,
         }
+    }
+}
+
+/// The started subtree, handed from the root's child factory to `start`.
+enum Subtree {
+    Single(Bridge),
+    Pool(Pool),
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Disabled => "disabled",
+        Mode::Single => "bridge",
+        Mode::Pool => "pool",
     }
 }
 

@@ -24,7 +24,7 @@ pub mod single;
 pub mod worker;
 
 pub use conditional::{
-    ConditionalError, ConditionalStatus, ConditionalSupervisor, EnvironmentReport, Mode,
+    ConditionalError, ConditionalStatus, ConditionalSupervisor, EnvironmentReport, Mode, TreeConfig,
 };
 pub use env::{EnvError, InterpreterSource, PythonConfig, PythonEnv};
 pub use error::WorkerError;

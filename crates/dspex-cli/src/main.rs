@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use dspex_bridge::conditional::check_environment;
 use dspex_bridge::{
-    BridgeConfig, CallOptions, ConditionalSupervisor, Mode, PythonConfig, PythonEnv,
+    BridgeConfig, CallOptions, ConditionalSupervisor, PythonConfig, PythonEnv, TreeConfig,
 };
 use dspex_protocol::{
     Command, ExecuteArgs, FieldSpec, LmConfig, ProgramDefinition, SignatureSpec, Value,
@@ -75,7 +75,7 @@ async fn start_tree(python: PythonConfig) -> Result<ConditionalSupervisor> {
         python,
         ..BridgeConfig::default()
     };
-    ConditionalSupervisor::start(Mode::Single, config)
+    ConditionalSupervisor::start(TreeConfig::Single(config))
         .await
         .context("starting the supervision tree")
 }

@@ -266,6 +266,15 @@ impl Pool {
     /// # Errors
     /// [`PoolError::Start`].
     pub async fn start_on(config: PoolConfig, python: PythonEnv) -> Result<Self, PoolError> {
+        Self::start_linked(config, python, None).await
+    }
+
+    /// Starts the pool, its supervisor linked under `parent` if given.
+    pub(crate) async fn start_linked(
+        config: PoolConfig,
+        python: PythonEnv,
+        parent: Option<ractor::ActorCell>,
+    ) -> Result<Self, PoolError> {
         if config.sweep_orphans {
             let killed = crate::process::sweep_orphans();
             if killed > 0 {
@@ -361,9 +370,11 @@ impl Pool {
                     .map_err(StartError::from_error)?;
                 Ok(actor.get_cell())
             }
-        }))
-        .spawn()
-        .await
+        }));
+        let supervisor = match parent {
+            Some(parent) => supervisor.spawn_linked(parent).await,
+            None => supervisor.spawn().await,
+        }
         .map_err(|e| PoolError::Start(e.to_string()))?;
 
         Ok(Self {
