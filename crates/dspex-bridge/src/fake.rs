@@ -369,20 +369,10 @@ impl Fake {
                 ));
             }
         }
-        let mut hasher = DefaultHasher::new();
-        serde_json::to_string(&inputs)
-            .unwrap_or_default()
-            .hash(&mut hasher);
-        let seed = hasher.finish();
-        let outputs: Map<String, Value> = program
-            .signature
-            .outputs
-            .iter()
-            .map(|f| (f.name.clone(), fake_value(&f.name, &f.ty, seed)))
-            .collect();
-        Ok(
-            json!({"program_id": program_id, "outputs": outputs, "duration_ms": 0.0, "model": model}),
-        )
+        let outputs = fake_outputs(&program, &inputs);
+        Ok(json!({
+            "program_id": program_id, "outputs": outputs, "duration_ms": 0.0, "model": model
+        }))
     }
 }
 
@@ -394,6 +384,35 @@ fn invalid(message: &str, field: &str) -> RemoteError {
 
 fn ready_value(ready: &Ready) -> Value {
     serde_json::to_value(ready).unwrap_or(Value::Null)
+}
+
+/// Deterministic outputs of `program` for `inputs`: a value of each output's
+/// declared type derived from a hash of the inputs, and a `reasoning` string
+/// first for chain-of-thought modules — the shape the real worker's offline
+/// `dummy` LM produces.
+pub fn fake_outputs(
+    program: &ProgramDefinition,
+    inputs: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_string(inputs)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    let seed = hasher.finish();
+    let mut outputs = Map::new();
+    if matches!(
+        program.module.as_str(),
+        "chain_of_thought" | "chainofthought" | "cot"
+    ) {
+        outputs.insert(
+            "reasoning".into(),
+            json!(format!("reasoning: {:08x}", seed as u32)),
+        );
+    }
+    for field in &program.signature.outputs {
+        outputs.insert(field.name.clone(), fake_value(&field.name, &field.ty, seed));
+    }
+    outputs
 }
 
 /// A deterministic value of the declared type.
