@@ -6,3 +6,6 @@
 
 pub use dspex_bridge as bridge;
 pub use dspex_protocol as protocol;
+
+pub mod signature;
+pub use signature::{Field, FieldKind, FieldType, FieldValue, Signature, TypedSignature};
