@@ -1,21 +1,27 @@
 //! The `dspex` command.
 //!
-//! - `dspex demo`: starts a single-bridge supervision tree, configures the
-//!   offline `dummy` LM, creates a program and runs it.
-//! - `dspex doctor`: reports the Python environment the workers would use.
+//! - `dspex demo`: the README's main job — a pool of workers runs a batch of
+//!   programs concurrently on the offline `dummy` LM (or on `DSPEX_LM`), a
+//!   worker is killed mid-run to show recovery, and a summary table reports
+//!   results, latencies and restarts.
+//! - `dspex run`: one program, once, from a signature string and inputs.
+//! - `dspex doctor`: the Python environment report, and a worker started.
+//!
+//! Ctrl-C stops cleanly: in-flight work is abandoned, every worker is
+//! stopped and reaped, and the exit status is 130.
 
-use std::time::{Duration, Instant};
+mod demo;
+mod run;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use dspex::{AdapterKind, Dspex, ModeSetting};
 use dspex_bridge::conditional::check_environment;
-use dspex_bridge::{
-    BridgeConfig, CallOptions, ConditionalSupervisor, PythonConfig, PythonEnv, TreeConfig,
-};
-use dspex_protocol::{
-    Command, ExecuteArgs, FieldSpec, LmConfig, ProgramDefinition, SignatureSpec, Value,
-};
-use serde_json::json;
+use dspex_bridge::{BridgeConfig, ConditionalSupervisor, PythonConfig, PythonEnv, TreeConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,21 +34,33 @@ struct Cli {
     /// managed environment created on first use).
     #[arg(long, global = true)]
     python: Option<std::path::PathBuf>,
+    /// A TOML configuration file (DSPEX_* variables apply on top of it).
+    #[arg(long, global = true)]
+    config: Option<std::path::PathBuf>,
+    /// The adapter: python, bridge_mock or mock.
+    #[arg(long, global = true, value_parser = parse_adapter)]
+    adapter: Option<AdapterKind>,
     #[command(subcommand)]
     command: Cmd,
 }
 
+fn parse_adapter(word: &str) -> Result<AdapterKind, String> {
+    match word {
+        "python" => Ok(AdapterKind::Python),
+        "bridge_mock" | "bridge-mock" => Ok(AdapterKind::BridgeMock),
+        "mock" => Ok(AdapterKind::Mock),
+        other => Err(format!(
+            "unknown adapter {other:?}: use python, bridge_mock or mock"
+        )),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Start a worker, run a program on the offline `dummy` LM, print the result.
-    Demo {
-        /// The question to ask.
-        #[arg(long, default_value = "What is the capital of France?")]
-        question: String,
-        /// Print the raw results as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Run a batch of programs on a pool, kill a worker mid-run, summarise.
+    Demo(demo::DemoArgs),
+    /// Run one program once.
+    Run(run::RunArgs),
     /// Report the Python environment and check that a worker starts.
     Doctor,
 }
@@ -52,19 +70,64 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DSPEX_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let interrupted = Arc::new(AtomicBool::new(false));
     let python = PythonConfig {
         interpreter: cli.python.clone(),
         ..PythonConfig::default()
     };
-    match cli.command {
-        Cmd::Demo { question, json } => demo(python, &question, json).await,
-        Cmd::Doctor => doctor(python).await,
+    if let Cmd::Doctor = cli.command {
+        return doctor(python).await;
     }
+
+    let (pool_size, mode) = match &cli.command {
+        Cmd::Demo(args) => (args.pool_size(), ModeSetting::Pool),
+        _ => (1, ModeSetting::Single),
+    };
+    let mut builder = Dspex::builder()
+        .name("dspex-cli")
+        .pool_size(pool_size)
+        .mode(mode);
+    if let Some(path) = &cli.config {
+        builder = builder.config_file(path);
+    }
+    builder = builder.from_env();
+    if let Some(adapter) = cli.adapter {
+        builder = builder.adapter(adapter);
+    }
+    if let Some(python) = &cli.python {
+        builder = builder.python(python);
+    }
+    let dspex = builder.start().await.context("starting DSPex")?;
+
+    let work = {
+        let dspex = dspex.clone();
+        let interrupted = Arc::clone(&interrupted);
+        async move {
+            match cli.command {
+                Cmd::Demo(args) => demo::run(dspex, args, interrupted).await,
+                Cmd::Run(args) => run::run(dspex, args).await,
+                Cmd::Doctor => Ok(()),
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => {
+            interrupted.store(true, Ordering::SeqCst);
+            Err(anyhow::anyhow!("interrupted"))
+        }
+    };
+    dspex.shutdown().await;
+    if interrupted.load(Ordering::SeqCst) {
+        eprintln!("dspex: interrupted; all workers stopped");
+        std::process::exit(130);
+    }
+    result
 }
 
 /// A single-bridge tree under the conditional supervisor, as a service would
@@ -78,99 +141,6 @@ async fn start_tree(python: PythonConfig) -> Result<ConditionalSupervisor> {
     ConditionalSupervisor::start(TreeConfig::Single(config))
         .await
         .context("starting the supervision tree")
-}
-
-async fn demo(python: PythonConfig, question: &str, as_json: bool) -> Result<()> {
-    let started = Instant::now();
-    let tree = start_tree(python).await?;
-    let result = run_demo(&tree, question, as_json, started).await;
-    tree.shutdown(Duration::from_secs(10)).await;
-    result
-}
-
-async fn run_demo(
-    tree: &ConditionalSupervisor,
-    question: &str,
-    as_json: bool,
-    started: Instant,
-) -> Result<()> {
-    let bridge = tree.serving_bridge()?;
-    let worker = bridge
-        .ready_worker(Duration::from_secs(120))
-        .await
-        .context("waiting for the worker")?;
-    let ready = match worker.state() {
-        dspex_bridge::WorkerState::Ready(ready) => ready,
-        other => bail!("worker not ready: {other:?}"),
-    };
-    let boot = started.elapsed();
-    let opts = CallOptions::default;
-
-    let ping = worker.call(Command::Ping, opts()).await?;
-    worker
-        .call(Command::ConfigureLm(LmConfig::dummy()), opts())
-        .await?;
-    let program = ProgramDefinition {
-        program_id: "qa".into(),
-        signature: SignatureSpec {
-            name: "QuestionAnswer".into(),
-            instructions: "Answer the question and rate your confidence.".into(),
-            inputs: vec![FieldSpec::new("question", "str")],
-            outputs: vec![
-                FieldSpec::new("answer", "str"),
-                FieldSpec::new("confidence", "float"),
-            ],
-        },
-        module: "chain_of_thought".into(),
-        demos: vec![],
-    };
-    let created = worker.call(Command::CreateProgram(program), opts()).await?;
-    let t = Instant::now();
-    let inputs = json!({ "question": question });
-    let Value::Object(inputs) = inputs else {
-        bail!("inputs must be a map");
-    };
-    let executed = worker
-        .call(
-            Command::ExecuteProgram(ExecuteArgs {
-                program_id: "qa".into(),
-                inputs,
-                program: None,
-                lm: None,
-            }),
-            opts(),
-        )
-        .await?;
-    let run = t.elapsed();
-
-    if as_json {
-        let report = json!({
-            "ready": { "pid": ready.pid, "python": ready.python, "dspy": ready.dspy },
-            "ping": ping, "create_program": created, "execute_program": executed,
-        });
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    println!(
-        "worker {} ready in {:.0} ms (pid {}, Python {}, DSPy {})",
-        ready.worker_id.as_deref().unwrap_or("?"),
-        boot.as_secs_f64() * 1e3,
-        ready.pid,
-        ready.python,
-        ready.dspy.as_deref().unwrap_or("not installed"),
-    );
-    println!("ping            -> {ping}");
-    println!("create_program  -> {created}");
-    println!(
-        "execute_program -> {executed}  ({:.1} ms)",
-        run.as_secs_f64() * 1e3
-    );
-    if let Some(outputs) = executed.get("outputs").and_then(Value::as_object) {
-        for (name, value) in outputs {
-            println!("  {name}: {value}");
-        }
-    }
-    Ok(())
 }
 
 async fn doctor(python: PythonConfig) -> Result<()> {

@@ -1,11 +1,57 @@
 //! DSPex: run DSPy programs from Rust services.
 //!
-//! This is the crate a service embeds. It will grow the `Dspex` handle,
-//! signatures, adapters, errors and resilience; today it re-exports the
-//! building blocks it stands on.
+//! A service builds one [`Dspex`] handle, defines programs from typed
+//! signatures, and runs them; Rust owns supervision, process lifecycle,
+//! queueing, sessions, errors and metrics, and Python workers only build and
+//! run DSPy modules.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use dspex::{AdapterKind, Dspex, ExecuteOptions, LmConfig, Module, Signature};
+//!
+//! // The pure-Rust mock adapter: same API and result shape as Python workers.
+//! let dspex = Dspex::builder().adapter(AdapterKind::Mock).start().await?;
+//! dspex.configure_lm(LmConfig::dummy()).await?;
+//!
+//! let signature = Signature::parse("question: str -> answer: str, confidence: float")?;
+//! dspex.create_program("qa", signature, Module::ChainOfThought).await?;
+//!
+//! let prediction = dspex
+//!     .execute("qa", serde_json::json!({"question": "Why is the sky blue?"}), ExecuteOptions::default())
+//!     .await?;
+//! let confidence: f64 = prediction.get("confidence")?;
+//! assert!(prediction.outputs.contains_key("answer"));
+//! # let _ = confidence;
+//! dspex.shutdown().await;
+//! # Ok::<(), dspex::Error>(())
+//! # });
+//! ```
+//!
+//! Typed programs come from `#[derive(Signature)]` (see [`signature`]):
+//! [`Dspex::program`] returns a [`Program`] whose `call` takes the inputs
+//! struct and returns the outputs struct.
+//!
+//! The pieces: [`config`] (builder, TOML, `DSPEX_*`), [`adapter`] (mock,
+//! bridge mock, Python), [`Error`] (categories, retryability),
+//! [`resilience`] (retries, circuit breaker), [`signature`].
 
+pub mod adapter;
+pub mod config;
+mod error;
+mod event;
+mod handle;
+mod program;
+pub mod resilience;
+mod session;
+pub mod signature;
+
+pub use config::{AdapterKind, Config, ModeSetting};
 pub use dspex_bridge as bridge;
 pub use dspex_protocol as protocol;
-
-pub mod signature;
+pub use dspex_protocol::LmConfig;
+pub use error::{Category, Deadline, Error, Result};
+pub use event::Event;
+pub use handle::{Dspex, DspexBuilder, ExecuteOptions, Status};
+pub use program::{Module, Prediction, Program, ProgramInfo};
+pub use session::Session;
 pub use signature::{Field, FieldKind, FieldType, FieldValue, Signature, TypedSignature};

@@ -1,0 +1,519 @@
+//! [`Config`]: everything a [`crate::Dspex`] is started with, from code, a
+//! TOML file, or `DSPEX_*` environment variables — in that order of
+//! precedence when a builder applies them (later wins), and only when it asks:
+//! nothing is read from the environment behind the caller's back.
+//!
+//! ```toml
+//! adapter = "python"        # python | bridge_mock | mock
+//! mode = "pool"             # pool | single | disabled
+//! pool_size = 4
+//! checkout_timeout_ms = 5000
+//! request_timeout_ms = 30000
+//! max_queue = 1000
+//!
+//! [restart]
+//! max_restarts = 3
+//! within_ms = 5000
+//!
+//! [lm]
+//! model = "openai/gpt-4o-mini"
+//! api_key_env = "OPENAI_API_KEY"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dspex_protocol::LmConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::resilience::{BreakerConfig, RetryPolicy};
+
+/// Which implementation serves calls. Chosen explicitly; there is no test
+/// mode hidden anywhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterKind {
+    /// Real Python workers (single bridge or pool).
+    #[default]
+    Python,
+    /// The real codec, actors and pool against in-process fake workers.
+    BridgeMock,
+    /// Pure Rust, deterministic outputs from the signature.
+    Mock,
+}
+
+/// The supervision mode of the Python adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeSetting {
+    /// A pool of workers.
+    #[default]
+    Pool,
+    /// One worker.
+    Single,
+    /// No workers; calls fail with a clear error.
+    Disabled,
+}
+
+/// Restart budget and backoff of the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartSettings {
+    /// Restarts allowed within the window.
+    pub max_restarts: u32,
+    /// The window, in milliseconds.
+    pub within_ms: u64,
+    /// The first backoff delay, in milliseconds.
+    pub backoff_initial_ms: u64,
+    /// The largest backoff delay, in milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RestartSettings {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            within_ms: 5_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+/// Retry settings of the execute path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Attempts in all (1: no retry).
+    pub max_attempts: u32,
+    /// The smallest delay, in milliseconds.
+    pub base_ms: u64,
+    /// The largest delay, in milliseconds.
+    pub cap_ms: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let policy = RetryPolicy::default();
+        Self {
+            max_attempts: policy.max_attempts,
+            base_ms: millis(policy.base),
+            cap_ms: millis(policy.cap),
+        }
+    }
+}
+
+/// Circuit-breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open the circuit (0: never).
+    pub failure_threshold: u32,
+    /// How long it stays open, in milliseconds.
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        let config = BreakerConfig::default();
+        Self {
+            failure_threshold: config.failure_threshold,
+            cooldown_ms: millis(config.cooldown),
+        }
+    }
+}
+
+/// The language model configured at start.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LmSettings {
+    /// A litellm model string, or `dummy` for the offline LM.
+    pub model: String,
+    /// The API key itself (prefer `api_key_env`).
+    pub api_key: Option<String>,
+    /// The environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// The provider's base URL.
+    pub api_base: Option<String>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Token limit of one answer.
+    pub max_tokens: Option<u32>,
+    /// Simulated latency of the `dummy` LM, in milliseconds.
+    pub latency_ms: Option<u64>,
+}
+
+impl LmSettings {
+    /// The LM configuration sent to workers.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when `api_key_env` names an unset variable.
+    pub fn to_lm_config(&self) -> Result<LmConfig> {
+        let api_key = match (&self.api_key, &self.api_key_env) {
+            (Some(key), _) => Some(key.clone()),
+            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                Error::configuration(format!(
+                    "lm.api_key_env names {var}, which is not set in the environment"
+                ))
+            })?),
+            (None, None) => None,
+        };
+        let mut config = LmConfig {
+            model: self.model.clone(),
+            api_key,
+            api_base: self.api_base.clone(),
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            extra: Default::default(),
+        };
+        if let Some(latency) = self.latency_ms {
+            config.extra.insert("latency_ms".into(), latency.into());
+        }
+        Ok(config)
+    }
+}
+
+/// Where Python comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonSettings {
+    /// An interpreter to use as is (default: `DSPEX_PYTHON`, else the managed
+    /// environment).
+    pub interpreter: Option<PathBuf>,
+    /// The cache directory of the managed environment.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The whole configuration. See the module docs for the file form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// A name for this instance (prefix of worker ids).
+    pub name: String,
+    /// Which implementation serves calls.
+    pub adapter: AdapterKind,
+    /// Pool, single worker, or disabled (Python and bridge-mock adapters).
+    pub mode: ModeSetting,
+    /// Workers in the pool.
+    pub pool_size: usize,
+    /// Extra workers while callers wait.
+    pub max_overflow: usize,
+    /// Requests one worker serves at once.
+    pub per_worker_concurrency: usize,
+    /// Callers allowed to wait at once (unbounded when absent).
+    pub max_queue: Option<usize>,
+    /// How long a call waits for a free worker, in milliseconds.
+    pub checkout_timeout_ms: u64,
+    /// How long a request may run, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Restart budget.
+    pub restart: RestartSettings,
+    /// Retries.
+    pub retry: RetrySettings,
+    /// Circuit breaker.
+    pub breaker: BreakerSettings,
+    /// The LM configured at start, if any.
+    pub lm: Option<LmSettings>,
+    /// Where Python comes from.
+    pub python: PythonSettings,
+    /// Extra environment variables for the workers.
+    pub worker_env: Vec<(String, String)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "dspex".into(),
+            adapter: AdapterKind::default(),
+            mode: ModeSetting::default(),
+            pool_size: 4,
+            max_overflow: 0,
+            per_worker_concurrency: 1,
+            max_queue: None,
+            checkout_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            restart: RestartSettings::default(),
+            retry: RetrySettings::default(),
+            breaker: BreakerSettings::default(),
+            lm: None,
+            python: PythonSettings::default(),
+            worker_env: Vec::new(),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Config {
+    /// Parses the TOML form, then validates it.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] naming the bad key (unknown keys included).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text)
+            .map_err(|e| Error::configuration(format!("in TOML: {}", e.message())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] naming the file and the problem.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::configuration(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Configuration { message } => {
+                Error::configuration(format!("{}: {message}", path.display()))
+            }
+            other => other,
+        })
+    }
+
+    /// Applies the `DSPEX_*` variables found by `var` over this config:
+    /// `DSPEX_ADAPTER`, `DSPEX_MODE`, `DSPEX_POOL_SIZE`, `DSPEX_MAX_OVERFLOW`,
+    /// `DSPEX_MAX_QUEUE`, `DSPEX_CHECKOUT_TIMEOUT_MS`,
+    /// `DSPEX_REQUEST_TIMEOUT_MS`, `DSPEX_LM` (model), `DSPEX_LM_API_KEY`,
+    /// `DSPEX_LM_API_BASE`. (`DSPEX_PYTHON` and `DSPEX_CACHE_DIR` are read
+    /// when Python is resolved.)
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] naming the variable and the bad value.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
+        fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| Error::configuration(format!("{name}={value:?} is not a valid value")))
+        }
+        fn word<T: for<'de> Deserialize<'de>>(name: &str, value: &str) -> Result<T> {
+            T::deserialize(
+                serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value.trim()),
+            )
+            .map_err(|e| Error::configuration(format!("{name}={value:?}: {e}")))
+        }
+        if let Some(v) = var("DSPEX_ADAPTER") {
+            self.adapter = word("DSPEX_ADAPTER", &v)?;
+        }
+        if let Some(v) = var("DSPEX_MODE") {
+            self.mode = word("DSPEX_MODE", &v)?;
+        }
+        if let Some(v) = var("DSPEX_POOL_SIZE") {
+            self.pool_size = parse("DSPEX_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = var("DSPEX_MAX_OVERFLOW") {
+            self.max_overflow = parse("DSPEX_MAX_OVERFLOW", &v)?;
+        }
+        if let Some(v) = var("DSPEX_MAX_QUEUE") {
+            self.max_queue = Some(parse("DSPEX_MAX_QUEUE", &v)?);
+        }
+        if let Some(v) = var("DSPEX_CHECKOUT_TIMEOUT_MS") {
+            self.checkout_timeout_ms = parse("DSPEX_CHECKOUT_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = var("DSPEX_REQUEST_TIMEOUT_MS") {
+            self.request_timeout_ms = parse("DSPEX_REQUEST_TIMEOUT_MS", &v)?;
+        }
+        if let Some(model) = var("DSPEX_LM") {
+            let lm = self.lm.get_or_insert_with(LmSettings::default);
+            lm.model = model;
+        }
+        if let Some(key) = var("DSPEX_LM_API_KEY") {
+            self.lm.get_or_insert_with(LmSettings::default).api_key = Some(key);
+        }
+        if let Some(base) = var("DSPEX_LM_API_BASE") {
+            self.lm.get_or_insert_with(LmSettings::default).api_base = Some(base);
+        }
+        self.validate()
+    }
+
+    /// Checks the values make sense together.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] naming the key.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |key: &str, why: &str| Err(Error::configuration(format!("{key}: {why}")));
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return fail(
+                "name",
+                "must be non-empty ASCII letters, digits, '-' or '_'",
+            );
+        }
+        if self.pool_size == 0 {
+            return fail("pool_size", "must be at least 1");
+        }
+        if self.per_worker_concurrency == 0 {
+            return fail("per_worker_concurrency", "must be at least 1");
+        }
+        if self.max_queue == Some(0) {
+            return fail("max_queue", "must be at least 1 (omit it for no bound)");
+        }
+        if self.checkout_timeout_ms == 0 {
+            return fail("checkout_timeout_ms", "must be positive");
+        }
+        if self.request_timeout_ms == 0 {
+            return fail("request_timeout_ms", "must be positive");
+        }
+        if self.restart.within_ms == 0 {
+            return fail("restart.within_ms", "must be positive");
+        }
+        if self.restart.backoff_initial_ms > self.restart.backoff_max_ms {
+            return fail(
+                "restart.backoff_initial_ms",
+                "must not exceed restart.backoff_max_ms",
+            );
+        }
+        if self.retry.max_attempts == 0 {
+            return fail(
+                "retry.max_attempts",
+                "must be at least 1 (1 means no retry)",
+            );
+        }
+        if self.retry.base_ms > self.retry.cap_ms {
+            return fail("retry.base_ms", "must not exceed retry.cap_ms");
+        }
+        if let Some(lm) = &self.lm
+            && lm.model.trim().is_empty()
+        {
+            return fail(
+                "lm.model",
+                "must name a model (e.g. \"dummy\" or \"openai/gpt-4o-mini\")",
+            );
+        }
+        Ok(())
+    }
+
+    /// The checkout timeout.
+    pub fn checkout_timeout(&self) -> Duration {
+        Duration::from_millis(self.checkout_timeout_ms)
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.retry.max_attempts,
+            base: Duration::from_millis(self.retry.base_ms),
+            cap: Duration::from_millis(self.retry.cap_ms),
+        }
+    }
+
+    /// The circuit-breaker settings.
+    pub fn breaker_config(&self) -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold: self.breaker.failure_threshold,
+            cooldown: Duration::from_millis(self.breaker.cooldown_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_file_form_parses() {
+        let config = Config::from_toml(
+            r#"
+            adapter = "python"
+            mode = "pool"
+            pool_size = 4
+            checkout_timeout_ms = 5000
+            request_timeout_ms = 30000
+            max_queue = 1000
+            [restart]
+            max_restarts = 3
+            within_ms = 5000
+            [lm]
+            model = "openai/gpt-4o-mini"
+            api_key_env = "OPENAI_API_KEY"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.max_queue, Some(1000));
+        assert_eq!(config.lm.unwrap().model, "openai/gpt-4o-mini");
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let unknown = Config::from_toml("pool_sise = 4").unwrap_err().to_string();
+        assert!(unknown.contains("pool_sise"), "{unknown}");
+        let zero = Config::from_toml("pool_size = 0").unwrap_err().to_string();
+        assert!(zero.contains("pool_size"), "{zero}");
+        let mode = Config::from_toml("mode = \"cluster\"")
+            .unwrap_err()
+            .to_string();
+        assert!(mode.contains("cluster"), "{mode}");
+        let missing = Config::from_file("/nonexistent/dspex.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("/nonexistent/dspex.toml"), "{missing}");
+    }
+
+    #[test]
+    fn environment_variables_apply_only_when_asked_and_are_checked() {
+        let vars = |pairs: &'static [(&str, &str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let mut config = Config::default();
+        config
+            .apply_env(vars(&[
+                ("DSPEX_POOL_SIZE", "8"),
+                ("DSPEX_MODE", "single"),
+                ("DSPEX_ADAPTER", "bridge_mock"),
+                ("DSPEX_LM", "dummy"),
+            ]))
+            .unwrap();
+        assert_eq!(config.pool_size, 8);
+        assert_eq!(config.mode, ModeSetting::Single);
+        assert_eq!(config.adapter, AdapterKind::BridgeMock);
+        assert_eq!(config.lm.as_ref().unwrap().model, "dummy");
+
+        let error = Config::default()
+            .apply_env(vars(&[("DSPEX_POOL_SIZE", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("DSPEX_POOL_SIZE"), "{error}");
+        let error = Config::default()
+            .apply_env(vars(&[("DSPEX_MODE", "cluster")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("DSPEX_MODE"), "{error}");
+    }
+
+    #[test]
+    fn lm_keys_come_from_the_named_variable() {
+        let lm = LmSettings {
+            model: "openai/gpt-4o-mini".into(),
+            api_key_env: Some("DSPEX_TEST_SURELY_UNSET_KEY".into()),
+            ..LmSettings::default()
+        };
+        let error = lm.to_lm_config().unwrap_err().to_string();
+        assert!(error.contains("DSPEX_TEST_SURELY_UNSET_KEY"), "{error}");
+        let dummy = LmSettings {
+            model: "dummy".into(),
+            latency_ms: Some(50),
+            ..LmSettings::default()
+        };
+        let config = dummy.to_lm_config().unwrap();
+        assert_eq!(config.extra["latency_ms"], 50);
+    }
+}

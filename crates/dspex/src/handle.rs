@@ -1,0 +1,641 @@
+//! [`Dspex`]: the handle a service holds, and [`DspexBuilder`].
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dspex_bridge::health::HealthConfig;
+use dspex_bridge::pool::{PoolConfig, Session as PoolSession};
+use dspex_bridge::{BridgeConfig, PythonConfig, WorkerConfig};
+use dspex_protocol::{LmConfig, Map, ProgramDefinition, Value};
+use dspex_supervision::{Backoff, RestartIntensity};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::adapter::{
+    Adapter, AdapterStatus, Execution, MockAdapter, Operation, PoolAdapter, SingleAdapter,
+};
+use crate::config::{AdapterKind, Config, ModeSetting};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::program::{Module, Prediction, Program, ProgramInfo};
+use crate::resilience::{BreakerStatus, CircuitBreaker, RetryPolicy};
+use crate::signature::{Signature, TypedSignature};
+
+/// Per-call options of [`Dspex::execute`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecuteOptions {
+    /// Overrides the request timeout.
+    pub timeout: Option<Duration>,
+    /// The session (affinity to one worker; stateful sessions stay there).
+    pub session: Option<PoolSession>,
+    /// An LM for this call only.
+    pub lm: Option<LmConfig>,
+    /// The call may run twice without harm, so it is retried even after
+    /// failures that may have run it (a crash mid-request). Calls are not
+    /// idempotent unless marked.
+    pub idempotent: bool,
+    /// Overrides the retry policy for this call.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl ExecuteOptions {
+    /// Sets the timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets an LM for this call only.
+    #[must_use]
+    pub fn lm(mut self, lm: LmConfig) -> Self {
+        self.lm = Some(lm);
+        self
+    }
+
+    /// Marks the call idempotent (see the field).
+    #[must_use]
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// Sets the retry policy.
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+}
+
+/// A snapshot of a running instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// The adapter's view (mode, pool or bridge status, failure, environment).
+    pub adapter: AdapterStatus,
+    /// The circuit breaker.
+    pub breaker: BreakerStatus,
+    /// Retries made so far.
+    pub retries: u64,
+    /// Programs known.
+    pub programs: usize,
+}
+
+/// Builds a [`Dspex`]: from code, a TOML file and/or `DSPEX_*` variables,
+/// applied in the order called (later wins), then validated.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use dspex::{AdapterKind, Dspex};
+///
+/// let dspex = Dspex::builder()
+///     .adapter(AdapterKind::Mock)
+///     .pool_size(2)
+///     .start()
+///     .await?;
+/// assert_eq!(dspex.status().adapter.kind, AdapterKind::Mock);
+/// dspex.shutdown().await;
+/// # Ok::<(), dspex::Error>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Runtime::new().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct DspexBuilder {
+    config: Config,
+    error: Option<Error>,
+    lm: Option<LmConfig>,
+    adapter: Option<Arc<dyn Adapter>>,
+}
+
+impl DspexBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Applies a TOML file (see [`Config`]).
+    pub fn config_file(mut self, path: impl AsRef<Path>) -> Self {
+        match Config::from_file(path) {
+            Ok(config) => self.config = config,
+            Err(error) => self.error = Some(error),
+        }
+        self
+    }
+
+    /// Applies the `DSPEX_*` environment variables (see [`Config::apply_env`]).
+    pub fn from_env(mut self) -> Self {
+        if let Err(error) = self.config.apply_env(|name| std::env::var(name).ok()) {
+            self.error = Some(error);
+        }
+        self
+    }
+
+    /// Chooses the adapter.
+    pub fn adapter(mut self, kind: AdapterKind) -> Self {
+        self.config.adapter = kind;
+        self
+    }
+
+    /// Uses this adapter instead of building one from the configuration
+    /// (for a mock with injected errors, for example).
+    pub fn with_adapter(mut self, adapter: Arc<dyn Adapter>) -> Self {
+        self.adapter = Some(adapter);
+        self
+    }
+
+    /// Chooses pool, single or disabled mode.
+    pub fn mode(mut self, mode: ModeSetting) -> Self {
+        self.config.mode = mode;
+        self
+    }
+
+    /// Sets the pool size.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.config.pool_size = size;
+        self
+    }
+
+    /// Sets how many requests one worker serves at once.
+    pub fn per_worker_concurrency(mut self, n: usize) -> Self {
+        self.config.per_worker_concurrency = n;
+        self
+    }
+
+    /// Bounds the wait queue.
+    pub fn max_queue(mut self, max: usize) -> Self {
+        self.config.max_queue = Some(max);
+        self
+    }
+
+    /// Sets the checkout timeout.
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.config.checkout_timeout_ms = millis(timeout);
+        self
+    }
+
+    /// Sets the request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout_ms = millis(timeout);
+        self
+    }
+
+    /// Sets the restart budget.
+    pub fn restart_budget(mut self, max_restarts: u32, within: Duration) -> Self {
+        self.config.restart.max_restarts = max_restarts;
+        self.config.restart.within_ms = millis(within);
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry.max_attempts = policy.max_attempts;
+        self.config.retry.base_ms = millis(policy.base);
+        self.config.retry.cap_ms = millis(policy.cap);
+        self
+    }
+
+    /// Configures this LM at start.
+    pub fn lm(mut self, lm: LmConfig) -> Self {
+        self.lm = Some(lm);
+        self
+    }
+
+    /// Uses this Python interpreter as is.
+    pub fn python(mut self, interpreter: impl Into<std::path::PathBuf>) -> Self {
+        self.config.python.interpreter = Some(interpreter.into());
+        self
+    }
+
+    /// Adds an environment variable for the workers.
+    pub fn worker_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.worker_env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets the instance name (prefix of worker ids).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// The configuration as it stands.
+    pub fn current_config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Validates the configuration and starts the adapter it names; then
+    /// configures the LM, if one was given.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe once workers have started: a dropped future leaves
+    /// them running without a handle.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for an invalid configuration or a Python that
+    /// cannot run workers; the adapter's start errors; the LM's rejection.
+    pub async fn start(self) -> Result<Dspex> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let config = self.config;
+        config.validate()?;
+        let adapter: Arc<dyn Adapter> = match self.adapter {
+            Some(adapter) => adapter,
+            None => start_adapter(&config).await?,
+        };
+        let dspex = Dspex {
+            inner: Arc::new(Inner {
+                breaker: CircuitBreaker::new(config.breaker_config()),
+                retry: config.retry_policy(),
+                request_timeout: config.request_timeout(),
+                adapter,
+                programs: RwLock::default(),
+                retries: AtomicU64::new(0),
+            }),
+        };
+        let lm = match (self.lm, &config.lm) {
+            (Some(lm), _) => Some(lm),
+            (None, Some(settings)) => Some(settings.to_lm_config()?),
+            (None, None) => None,
+        };
+        if let Some(lm) = lm {
+            dspex.configure_lm(lm).await?;
+        }
+        Ok(dspex)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The one place the configured adapter is resolved.
+async fn start_adapter(config: &Config) -> Result<Arc<dyn Adapter>> {
+    let env: Vec<_> = config
+        .worker_env
+        .iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    let python = PythonConfig {
+        interpreter: config.python.interpreter.clone(),
+        cache_dir: config.python.cache_dir.clone(),
+        ..PythonConfig::default()
+    };
+    let worker = WorkerConfig {
+        request_timeout: config.request_timeout(),
+        ..WorkerConfig::default()
+    };
+    let intensity = RestartIntensity {
+        max_restarts: config.restart.max_restarts,
+        within: Duration::from_millis(config.restart.within_ms),
+    };
+    let backoff = Backoff {
+        initial: Duration::from_millis(config.restart.backoff_initial_ms),
+        max: Duration::from_millis(config.restart.backoff_max_ms),
+        ..Backoff::default()
+    };
+    let pool_config = || PoolConfig {
+        name: config.name.clone(),
+        python: python.clone(),
+        worker,
+        size: config.pool_size,
+        max_overflow: config.max_overflow,
+        per_worker_concurrency: config.per_worker_concurrency,
+        checkout_timeout: config.checkout_timeout(),
+        max_queue: config.max_queue,
+        intensity,
+        backoff,
+        env: env.clone(),
+        ..PoolConfig::default()
+    };
+    Ok(match (config.adapter, config.mode) {
+        (AdapterKind::Mock, _) => Arc::new(MockAdapter::new()),
+        (AdapterKind::BridgeMock, _) => Arc::new(PoolAdapter::bridge_mock(pool_config()).await?),
+        (AdapterKind::Python, ModeSetting::Pool) => {
+            Arc::new(PoolAdapter::python(pool_config()).await?)
+        }
+        (AdapterKind::Python, ModeSetting::Single) => {
+            let bridge = BridgeConfig {
+                name: config.name.clone(),
+                python,
+                worker,
+                intensity,
+                backoff,
+                health: HealthConfig::default(),
+                checkout_timeout: config.checkout_timeout(),
+                env,
+                ..BridgeConfig::default()
+            };
+            Arc::new(SingleAdapter::start(Some(bridge)).await?)
+        }
+        (AdapterKind::Python, ModeSetting::Disabled) => Arc::new(SingleAdapter::start(None).await?),
+    })
+}
+
+/// A running DSPex instance. Cheap to clone; clones share everything.
+#[derive(Debug, Clone)]
+pub struct Dspex {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    adapter: Arc<dyn Adapter>,
+    programs: RwLock<HashMap<String, Arc<ProgramEntry>>>,
+    breaker: CircuitBreaker,
+    retry: RetryPolicy,
+    request_timeout: Duration,
+    retries: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct ProgramEntry {
+    pub(crate) definition: Arc<ProgramDefinition>,
+    pub(crate) signature: Signature,
+}
+
+impl Dspex {
+    /// A builder with the defaults (Python adapter, pool of 4).
+    pub fn builder() -> DspexBuilder {
+        DspexBuilder::default()
+    }
+
+    /// Sets the LM every worker uses (validated on one worker first; a bad
+    /// configuration changes nothing).
+    ///
+    /// # Cancel safety
+    /// If dropped before the first worker answered, nothing changes.
+    ///
+    /// # Errors
+    /// The adapter's errors (a rejected configuration is [`Error::Validation`]
+    /// or [`Error::Lm`]).
+    pub async fn configure_lm(&self, lm: LmConfig) -> Result<()> {
+        self.inner.adapter.call(Operation::ConfigureLm(lm)).await?;
+        Ok(())
+    }
+
+    /// Creates (or replaces) a program from a signature and a module.
+    ///
+    /// # Cancel safety
+    /// If dropped before the adapter answered, the program is not known.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for a bad id or a signature the worker rejects.
+    pub async fn create_program(
+        &self,
+        program_id: &str,
+        signature: Signature,
+        module: Module,
+    ) -> Result<ProgramInfo> {
+        validate_program_id(program_id)?;
+        let definition = Arc::new(ProgramDefinition {
+            program_id: program_id.to_owned(),
+            signature: signature.to_spec(),
+            module: module.as_str().to_owned(),
+            demos: Vec::new(),
+        });
+        self.inner
+            .adapter
+            .call(Operation::CreateProgram(Arc::clone(&definition)))
+            .await?;
+        let entry = Arc::new(ProgramEntry {
+            definition,
+            signature,
+        });
+        let info = ProgramInfo::of(&entry);
+        self.write_programs().insert(program_id.to_owned(), entry);
+        Ok(info)
+    }
+
+    /// Creates a typed program for a `#[derive(Signature)]` type.
+    ///
+    /// # Cancel safety
+    /// As [`Dspex::create_program`].
+    ///
+    /// # Errors
+    /// As [`Dspex::create_program`].
+    pub async fn program<S: TypedSignature>(
+        &self,
+        program_id: &str,
+        module: Module,
+    ) -> Result<Program<S>> {
+        self.create_program(program_id, S::signature(), module)
+            .await?;
+        Ok(Program::new(self.clone(), program_id.to_owned()))
+    }
+
+    /// Runs a program. Inputs are checked against its signature before they
+    /// leave Rust, and outputs when they come back.
+    ///
+    /// Retries follow the policy: errors that guarantee the request never
+    /// ran are retried; others only for calls marked idempotent. The circuit
+    /// breaker refuses calls at once while open.
+    ///
+    /// # Cancel safety
+    /// Dropping the future while queued leaves the queue; while a request
+    /// runs, its reply is drained by request id and reaches nobody.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] (nothing sent) and every category of [`Error`].
+    pub async fn execute(
+        &self,
+        program_id: &str,
+        inputs: impl Serialize,
+        options: ExecuteOptions,
+    ) -> Result<Prediction> {
+        let entry = self.entry(program_id)?;
+        let inputs = to_map(&inputs)?;
+        entry.signature.validate_inputs(&inputs)?;
+        let policy = options.retry.unwrap_or(self.inner.retry);
+        let started = Instant::now();
+        let mut delay = policy.base;
+        let mut attempt = 1;
+        loop {
+            let result = self.attempt(&entry, &inputs, &options).await;
+            match result {
+                Ok(mut prediction) => {
+                    prediction.attempts = attempt;
+                    prediction.latency = started.elapsed();
+                    return Ok(prediction);
+                }
+                Err(error) if policy.should_retry(attempt, &error, options.idempotent) => {
+                    delay = policy.next_delay(delay, &error);
+                    tracing::debug!(program_id, attempt, ?delay, %error, "retrying");
+                    self.inner.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        entry: &ProgramEntry,
+        inputs: &Map<String, Value>,
+        options: &ExecuteOptions,
+    ) -> Result<Prediction> {
+        self.inner.breaker.allow()?;
+        let execution = Execution {
+            program: Arc::clone(&entry.definition),
+            inputs: inputs.clone(),
+            session: options.session.clone(),
+            timeout: Some(options.timeout.unwrap_or(self.inner.request_timeout)),
+            lm: options.lm.clone(),
+        };
+        let result = self
+            .inner
+            .adapter
+            .call(Operation::Execute(Box::new(execution)))
+            .await;
+        match &result {
+            Ok(_) => self.inner.breaker.on_success(),
+            Err(error) => self.inner.breaker.on_failure(error),
+        }
+        let reply = result?;
+        let prediction = Prediction::from_reply(&entry.definition.program_id, reply)?;
+        entry.signature.validate_outputs(&prediction.outputs)?;
+        Ok(prediction)
+    }
+
+    /// The programs known, sorted by id.
+    pub fn list_programs(&self) -> Vec<ProgramInfo> {
+        let mut programs: Vec<ProgramInfo> = self
+            .read_programs()
+            .values()
+            .map(|entry| ProgramInfo::of(entry))
+            .collect();
+        programs.sort_by(|a, b| a.program_id.cmp(&b.program_id));
+        programs
+    }
+
+    /// One program's description.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] if there is no such program.
+    pub fn program_info(&self, program_id: &str) -> Result<ProgramInfo> {
+        Ok(ProgramInfo::of(&*self.entry(program_id)?))
+    }
+
+    /// Deletes a program; `true` if it existed.
+    ///
+    /// # Cancel safety
+    /// The program is forgotten on the Rust side at once; dropping the
+    /// future only skips telling the workers (they forget it lazily).
+    ///
+    /// # Errors
+    /// The adapter's errors.
+    pub async fn delete_program(&self, program_id: &str) -> Result<bool> {
+        let existed = self.write_programs().remove(program_id).is_some();
+        if existed {
+            self.inner
+                .adapter
+                .call(Operation::DeleteProgram(program_id.to_owned()))
+                .await?;
+        }
+        Ok(existed)
+    }
+
+    /// A session: calls made through it prefer one worker.
+    pub fn session(&self, id: impl Into<String>) -> crate::Session {
+        crate::Session::new(self.clone(), PoolSession::new(id))
+    }
+
+    /// A stateful session: calls run only on its worker, and fail with
+    /// [`Error::SessionLost`] once that worker is gone.
+    pub fn stateful_session(&self, id: impl Into<String>) -> crate::Session {
+        crate::Session::new(self.clone(), PoolSession::stateful(id))
+    }
+
+    /// A snapshot. Never waits on an actor.
+    pub fn status(&self) -> Status {
+        Status {
+            adapter: self.inner.adapter.status(),
+            breaker: self.inner.breaker.status(),
+            retries: self.inner.retries.load(Ordering::Relaxed),
+            programs: self.read_programs().len(),
+        }
+    }
+
+    /// Worker events from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.adapter.events()
+    }
+
+    /// Stops every worker (in-flight requests are answered or failed) and
+    /// waits until they are gone.
+    ///
+    /// # Cancel safety
+    /// The shutdown proceeds if the future is dropped.
+    pub async fn shutdown(&self) {
+        self.inner.adapter.shutdown().await;
+    }
+
+    fn entry(&self, program_id: &str) -> Result<Arc<ProgramEntry>> {
+        self.read_programs()
+            .get(program_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::validation(
+                    "program",
+                    None,
+                    format!("no program {program_id:?}; create it first"),
+                )
+            })
+    }
+
+    fn read_programs(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ProgramEntry>>> {
+        self.inner
+            .programs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_programs(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<ProgramEntry>>> {
+        self.inner
+            .programs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn validate_program_id(program_id: &str) -> Result<()> {
+    let ok = !program_id.is_empty()
+        && program_id.len() <= 128
+        && program_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::validation(
+            "program",
+            None,
+            format!(
+                "program id {program_id:?} must be 1-128 ASCII letters, digits, '_', '-', '.' or ':'"
+            ),
+        ))
+    }
+}
+
+fn to_map(inputs: &impl Serialize) -> Result<Map<String, Value>> {
+    match serde_json::to_value(inputs) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(Error::validation(
+            "input",
+            None,
+            format!("inputs must be a map of field names to values, not {other}"),
+        )),
+        Err(error) => Err(Error::validation("input", None, error.to_string())),
+    }
+}
