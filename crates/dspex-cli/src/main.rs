@@ -75,6 +75,10 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Registered before anything starts, so a Ctrl-C at any moment — even
+    // while workers boot — goes through the clean shutdown below.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the Ctrl-C handler")?;
     let interrupted = Arc::new(AtomicBool::new(false));
     let python = PythonConfig {
         interpreter: cli.python.clone(),
@@ -102,7 +106,15 @@ async fn main() -> Result<()> {
     if let Some(python) = &cli.python {
         builder = builder.python(python);
     }
-    let dspex = builder.start().await.context("starting DSPex")?;
+    let dspex = tokio::select! {
+        started = builder.start() => started.context("starting DSPex")?,
+        _ = sigint.recv() => {
+            // The half-started tree dies with this process: its workers by
+            // their parent-death signal, their descendants by the watchdog.
+            eprintln!("dspex: interrupted while starting");
+            std::process::exit(130);
+        }
+    };
 
     let work = {
         let dspex = dspex.clone();
@@ -117,7 +129,7 @@ async fn main() -> Result<()> {
     };
     let result = tokio::select! {
         result = work => result,
-        _ = tokio::signal::ctrl_c() => {
+        _ = sigint.recv() => {
             interrupted.store(true, Ordering::SeqCst);
             Err(anyhow::anyhow!("interrupted"))
         }

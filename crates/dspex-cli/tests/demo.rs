@@ -1,32 +1,164 @@
-//! The README's main job, run as a user runs it.
+//! The `dspex` binary, run as a user runs it.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn dspex() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dspex"));
+    command.env_remove("DSPEX_PYTHON").env_remove("DSPEX_LM");
+    command
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Worker processes (children running `dspex_bridge`) of `parent`.
+fn workers_of(parent: u32) -> Vec<u64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(&parent.to_string())
+                && String::from_utf8_lossy(&cmdline).contains("dspex_bridge")
+        })
+        .collect()
+}
 
 #[test]
-fn demo_runs_a_program_on_the_dummy_lm_and_leaves_no_worker() {
-    let output = Command::new(env!("CARGO_BIN_EXE_dspex"))
-        .args(["demo", "--json", "--question", "Why is the sky blue?"])
-        .env_remove("DSPEX_PYTHON")
+fn demo_accounts_for_every_request_recovers_from_the_kill_and_leaves_no_worker() {
+    let output = dspex()
+        .args([
+            "demo",
+            "--json",
+            "--requests",
+            "45",
+            "--pool-size",
+            "3",
+            "--concurrency",
+            "6",
+        ])
         .output()
         .expect("dspex runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "dspex demo failed:\n{stderr}");
-    let report: serde_json::Value =
+    let summary: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("--json prints JSON");
-    let pid = report["ready"]["pid"].as_u64().expect("the worker's pid");
-    assert_eq!(report["ping"]["status"], "ok");
-    assert_eq!(report["create_program"]["program_id"], "qa");
-    let outputs = &report["execute_program"]["outputs"];
-    assert!(
-        outputs["answer"]
-            .as_str()
-            .is_some_and(|a| a.starts_with("answer: "))
-    );
-    assert!(outputs["confidence"].is_f64());
-    assert!(outputs["reasoning"].is_string());
-    // The host has exited: its worker must be gone too.
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "worker {pid} outlived `dspex demo`"
-    );
+    assert_eq!(summary["requests"], 45);
+    assert_eq!(summary["completed"], 45);
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["model"], "dummy");
+    let killed = summary["killed_pid"].as_u64().expect("a worker was killed");
+    assert!(summary["restarts"].as_u64().unwrap() >= 1);
+    let after: Vec<u64> = summary["workers_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert_eq!(after.len(), 3, "the pool is full again: {summary}");
+    assert!(!after.contains(&killed));
+    // The host has exited: none of its workers is left.
+    for pid in after.iter().chain([&killed]) {
+        assert!(!alive(*pid), "worker {pid} outlived `dspex demo`");
+    }
+}
+
+#[test]
+fn run_prints_typed_outputs() {
+    let output = dspex()
+        .args([
+            "run",
+            "--signature",
+            "question: str, n: int -> answer: str, score: float, tags: list[str]",
+            "--input",
+            "question=What is DSPy?",
+            "--input",
+            "n=3",
+            "--json",
+        ])
+        .output()
+        .expect("dspex runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "dspex run failed:\n{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let outputs = &report["outputs"];
+    assert!(outputs["answer"].is_string());
+    assert!(outputs["score"].is_number());
+    assert!(outputs["tags"].is_array());
+}
+
+#[test]
+fn run_refuses_bad_input_with_a_clear_error() {
+    let output = dspex()
+        .args([
+            "run",
+            "--signature",
+            "question: str -> answer: str",
+            "--input",
+            "n=3",
+        ])
+        .output()
+        .expect("dspex runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown input `n`"), "{stderr}");
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_with_no_worker_left() {
+    let mut child = dspex()
+        .args([
+            "demo",
+            "--requests",
+            "1000000",
+            "--pool-size",
+            "2",
+            "--no-kill",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dspex runs");
+    let host = child.id();
+    // Wait until its workers exist (polling /proc: there is no event to wait on
+    // from outside the process).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let workers = loop {
+        let workers = workers_of(host);
+        if workers.len() == 2 {
+            break workers;
+        }
+        assert!(Instant::now() < deadline, "workers never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exit status after Ctrl-C");
+    // The promise: no worker alive within 2 s of the host's exit.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while workers.iter().any(|&pid| alive(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers {workers:?} outlived the interrupted host"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
