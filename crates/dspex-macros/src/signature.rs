@@ -91,10 +91,14 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let (sig_name, instructions) = struct_options(input, &mut errors);
 
     let mut fields = Vec::new();
+    let mut all_read = true;
     for field in &named.named {
         match read_field(field) {
             Ok(f) => fields.push(f),
-            Err(e) => errors.push(e),
+            Err(e) => {
+                all_read = false;
+                errors.push(e);
+            }
         }
     }
     let mut seen: HashMap<&str, ()> = HashMap::new();
@@ -109,7 +113,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             ));
         }
     }
-    if !fields.is_empty() && !fields.iter().any(|f| f.role == Role::Output) {
+    if all_read && !fields.iter().any(|f| f.role == Role::Output) {
         errors.push(syn::Error::new(
             input.ident.span(),
             "a signature needs at least one #[output] field",
@@ -305,13 +309,17 @@ fn generate(
     let inputs_struct = struct_def(&inputs_ident, &inputs, "input");
     let outputs_struct = struct_def(&outputs_ident, &outputs, "output");
 
+    // Every token of a check carries the name's span, so a failing check
+    // points at the field (or at its `name = "..."`).
     let name_checks = fields.iter().map(|f| {
-        let name = &f.wire_name;
-        quote_spanned!(f.name_span=> const _: () = #private::assert_field_name(#name);)
+        let name = LitStr::new(&f.wire_name, f.name_span);
+        quote_spanned! {f.name_span=>
+            const _: () = ::dspex::signature::__private::assert_field_name(#name);
+        }
     });
-    let sig_name_check = quote_spanned!(sig_name.span()=>
-        const _: () = #private::assert_signature_name(#sig_name);
-    );
+    let sig_name_check = quote_spanned! {sig_name.span()=>
+        const _: () = ::dspex::signature::__private::assert_signature_name(#sig_name);
+    };
     let input_exprs = inputs.iter().map(|f| field_expr(f, &private));
     let output_exprs = outputs.iter().map(|f| field_expr(f, &private));
 
