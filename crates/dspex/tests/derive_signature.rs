@@ -382,3 +382,32 @@ fn generated_structs_share_the_structs_visibility() {
         "summary"
     );
 }
+
+/// This doc comment is replaced.
+#[derive(Signature)]
+#[dspex(instructions = "Translate to French.")]
+struct Translate {
+    #[input]
+    english: String,
+    #[output]
+    french: String,
+}
+
+#[test]
+fn instructions_can_be_given_explicitly() {
+    let sig = Translate::signature();
+    assert_eq!(sig.instructions(), "Translate to French.");
+    assert_eq!(sig.name(), "Translate");
+}
+
+#[test]
+fn field_value_covers_the_std_collections() {
+    use std::collections::{BTreeSet, HashSet, VecDeque};
+    let wire = |ty: FieldType| ty.to_wire();
+    assert_eq!(wire(<VecDeque<i8>>::field_type()), "list[int]");
+    assert_eq!(wire(<HashSet<u64>>::field_type()), "list[int]");
+    assert_eq!(wire(<BTreeSet<String>>::field_type()), "list[str]");
+    assert_eq!(wire(<Box<str>>::field_type()), "str");
+    assert_eq!(wire(<Option<Box<f32>>>::field_type()), "optional[float]");
+    assert_eq!(wire(<&bool>::field_type()), "bool");
+}

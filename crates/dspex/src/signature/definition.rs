@@ -54,8 +54,9 @@ impl Signature {
     /// Parses DSPy's string form: `inputs -> outputs`, each a
     /// comma-separated list of `name` or `name: type`.
     ///
-    /// A field without a type is `str`. Types are those of [`FieldType`]
-    /// (super::FieldType) (commas inside brackets are part of the type) and
+    /// A field without a type is `str`. Types are those of
+    /// [`FieldType`](super::FieldType) (commas inside brackets are part of
+    /// the type) and
     /// the field kinds (`probability`, `embedding`, ...; see
     /// [`FieldKind`](super::FieldKind)). Descriptions and instructions are
     /// not part of the string form: add them with [`Signature::builder`] or

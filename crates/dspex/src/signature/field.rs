@@ -148,9 +148,9 @@ const fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
 /// A field of a signature: name, type, optional description, and
 /// [`FieldKind`].
 ///
-/// A field knows nothing of which side it is on; the [`Signature`]
-/// (super::Signature) holding it does. Names are checked when the signature
-/// is built.
+/// A field knows nothing of which side it is on; the
+/// [`Signature`](struct@super::Signature) holding it does. Names are checked
+/// when the signature is built.
 ///
 /// ```
 /// use dspex::{Field, FieldKind, FieldType};

@@ -1,12 +1,13 @@
 //! Signatures: the typed contract of a DSPy program.
 //!
-//! A [`Signature`] has a name, instructions for the LM, and ordered input and
-//! output [`Field`]s, each with a [`FieldType`] from the protocol's small type
-//! language (`str`, `int`, `float`, `bool`, `list[T]`, `dict[str, T]`,
-//! `optional[T]`, `literal[a|b]`) and, optionally, a description and a
-//! [`FieldKind`] (`embedding`, `probability`, `confidence_score`,
-//! `reasoning_chain`: the ML types of the original DSPex, carried on the wire
-//! as plain types with their constraint kept here).
+//! A [`Signature`](struct@Signature) has a name, instructions for the LM,
+//! and ordered input and output [`Field`]s, each with a [`FieldType`] from
+//! the protocol's small type language (`str`, `int`, `float`, `bool`,
+//! `list[T]`, `dict[str, T]`, `optional[T]`, `literal[a|b]`) and,
+//! optionally, a description and a [`FieldKind`] (`embedding`,
+//! `probability`, `confidence_score`, `reasoning_chain`: the ML types of the
+//! original DSPex, carried on the wire as plain types with their constraint
+//! kept here).
 //!
 //! There are four ways to get one, all checked by the same rules (field
 //! names the worker accepts and unique across inputs and outputs, at least
@@ -65,8 +66,8 @@
 //! the doc comment), `kind = "probability" | "confidence" |
 //! "confidence_score" | "embedding" | "reasoning_chain"`, or
 //! `literal = "a|b|c"` (on a `String` or `Option<String>`). Field types are
-//! those implementing [`FieldValue`]; any other is a compile error on the
-//! type, and so are reserved names, duplicates, a kind on a type that cannot
+//! those implementing [`FieldValue`](trait@FieldValue); any other is a
+//! compile error on the type, and so are reserved names, duplicates, a kind on a type that cannot
 //! carry it, and a struct with no output.
 
 mod definition;
