@@ -14,8 +14,8 @@ in that adapter's format, deterministically from the signature and the input val
 * ``h`` = sha256 of the input-field sections of the last user message (plus the optional
   ``seed``); the short hash is ``h[:8]``;
 * text → ``"<field>: <short hash>"`` (``reasoning`` gets a sentence mentioning the inputs),
-  int → ``n % 1000``, float → ``(n % 100000) / 100``, bool → ``n`` odd, literal/enum → member
-  ``n % len``, arrays → two items, maps → keys ``k0``/``k1`` (or the declared properties),
+  int → ``n % 1000``, float → ``(n % 10000) / 10000`` (in [0, 1), so probabilities
+  and confidence scores fit), bool → ``n`` odd, literal/enum → member ``n % len``, arrays → two items, maps → keys ``k0``/``k1`` (or the declared properties),
   ``anyOf`` with null → the non-null branch; ``n`` is derived from ``h`` and the value's path;
 * ``latency_ms`` sleeps before answering (simulated latency);
 * both DSPy adapters are understood: ChatAdapter (``[[ ## field ## ]]`` sections) and
@@ -383,7 +383,7 @@ class _Generator:
             return n % 2 == 1, False
         match = re.match(r"must be a single (int|float) value", note)
         if match:
-            return (n % 1000, False) if match.group(1) == "int" else ((n % 100000) / 100, False)
+            return (n % 1000, False) if match.group(1) == "int" else ((n % 10000) / 10000, False)
         for prefix in ("must exactly match (no extra characters) one of: ", "must be one of: "):
             if note.startswith(prefix):
                 members = note[len(prefix) :].split("; ")
@@ -424,7 +424,7 @@ class _Generator:
         if kind == "integer":
             return n % 1000
         if kind == "number":
-            return (n % 100000) / 100
+            return (n % 10000) / 10000
         if kind == "boolean":
             return n % 2 == 1
         if kind == "null":

@@ -47,6 +47,14 @@ pub enum WorkerError {
         /// What was wrong with it.
         error: Arc<ProtocolError>,
     },
+    /// The request never reached the worker: its process had already gone
+    /// (the pipe was broken). The request did not run; retrying it elsewhere
+    /// is safe.
+    #[error("worker {worker_id} was gone before the request reached it; the request did not run")]
+    NotDelivered {
+        /// The worker.
+        worker_id: String,
+    },
     /// The request was refused before anything was written (for example a
     /// payload above the maximum frame); the worker is untouched.
     #[error("request refused before sending: {0}")]

@@ -443,7 +443,8 @@ fn fake_value(name: &str, ty: &str, seed: u64) -> Value {
     }
     match ty {
         "int" => json!(seed % 1000),
-        "float" => json!((seed % 100_000) as f64 / 100.0),
+        // In [0, 1): fits probabilities and confidence scores too.
+        "float" => json!((seed % 10_000) as f64 / 10_000.0),
         "bool" => json!(seed % 2 == 1),
         _ => json!(format!("{name}: {:08x}", seed as u32)),
     }

@@ -24,7 +24,7 @@ use super::status::{PoolCounters, PoolEvent, PoolState, PoolStatus, SlotPhase, S
 use super::{PoolConfig, PoolError};
 use crate::WorkerError;
 use crate::context::TreeContext;
-use crate::worker::{CallOptions, WorkerEvent, WorkerHandle};
+use crate::worker::{CallOptions, WorkerEvent, WorkerHandle, WorkerState};
 
 /// A message to the pool actor (built by [`super::Pool`] and [`Lease`]).
 #[derive(Debug)]
@@ -55,6 +55,7 @@ pub(crate) enum Inner {
     ForgetSession(String),
     Failed(String),
     Barrier(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
     Pause(oneshot::Receiver<()>),
 }
 
@@ -149,6 +150,7 @@ pub(crate) struct PoolActorState {
     lm: Option<(Arc<LmConfig>, u64)>,
     lm_generation: u64,
     failed: Option<String>,
+    closing: bool,
     cursor: usize,
     overflow_started: usize,
     counters: PoolCounters,
@@ -224,6 +226,7 @@ impl Actor for PoolActor {
             lm: None,
             lm_generation: 0,
             failed: None,
+            closing: false,
             cursor: 0,
             overflow_started: 0,
             counters: PoolCounters::default(),
@@ -272,7 +275,7 @@ impl Actor for PoolActor {
                     })));
                 });
             }
-            Inner::WorkerStarted { slot, handle } => state.worker_started(slot, handle),
+            Inner::WorkerStarted { slot, handle } => state.worker_started(&myself, slot, handle),
             Inner::StartFailed { slot, error } => state.start_failed(&myself, slot, &error),
             Inner::Worker(event) => state.worker_event(&myself, event),
             Inner::LmApplied {
@@ -292,6 +295,10 @@ impl Actor for PoolActor {
             }
             Inner::Failed(cause) => state.fail(cause),
             Inner::Barrier(done) => {
+                let _ = done.send(());
+            }
+            Inner::Close(done) => {
+                state.close();
                 let _ = done.send(());
             }
             Inner::Pause(resume) => {
@@ -338,6 +345,10 @@ impl PoolActorState {
     // --- checkout -------------------------------------------------------------------------
 
     fn checkout(&mut self, myself: &ActorRef<PoolMsg>, waiter: Waiter) {
+        if self.closing {
+            let _ = waiter.reply.send(Err(PoolError::ShuttingDown));
+            return;
+        }
         if let Some(cause) = &self.failed {
             let _ = waiter.reply.send(Err(PoolError::Unavailable {
                 cause: cause.clone(),
@@ -720,7 +731,7 @@ impl PoolActorState {
         }
     }
 
-    fn worker_started(&mut self, slot: usize, handle: WorkerHandle) {
+    fn worker_started(&mut self, myself: &ActorRef<PoolMsg>, slot: usize, handle: WorkerHandle) {
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
@@ -729,11 +740,28 @@ impl PoolActorState {
             return;
         }
         s.pid = handle.pid();
+        let already_ready = matches!(handle.state(), WorkerState::Ready(_));
         s.worker = Some(handle);
         s.phase = SlotPhase::Starting;
         s.leases = 0;
         s.loaded.clear();
         s.lm_generation = 0;
+        if already_ready {
+            // Its Ready event may have come (and been ignored) before this.
+            self.worker_ready(myself, slot);
+        }
+    }
+
+    /// A slot's new worker sent its handshake: it gets the LM, then serves.
+    fn worker_ready(&mut self, myself: &ActorRef<PoolMsg>, slot: usize) {
+        if self.slots[slot].phase != SlotPhase::Starting {
+            return;
+        }
+        match self.lm.clone() {
+            // The LM first: a worker never serves with a stale one.
+            Some((config, generation)) => self.configure(myself, slot, config, generation),
+            None => self.slot_ready(myself, slot),
+        }
     }
 
     fn start_failed(&mut self, myself: &ActorRef<PoolMsg>, slot: usize, error: &str) {
@@ -756,13 +784,8 @@ impl PoolActorState {
         match event {
             WorkerEvent::Spawned { .. } => {}
             WorkerEvent::Ready { worker_id, pid } => {
-                let Some(slot) = self.slot_of(&worker_id, pid) else {
-                    return;
-                };
-                match self.lm.clone() {
-                    // The LM first: a worker never serves with a stale one.
-                    Some((config, generation)) => self.configure(myself, slot, config, generation),
-                    None => self.slot_ready(myself, slot),
+                if let Some(slot) = self.slot_of(&worker_id, pid) {
+                    self.worker_ready(myself, slot);
                 }
             }
             WorkerEvent::Exited {
@@ -853,6 +876,20 @@ impl PoolActorState {
         self.dispatch(myself, slot);
     }
 
+    /// Stops accepting callers (those waiting are told the pool is shutting
+    /// down); leases out may finish and come back.
+    fn close(&mut self) {
+        self.closing = true;
+        for waiter in self.queue.drain(..) {
+            let _ = waiter.reply.send(Err(PoolError::ShuttingDown));
+        }
+        for slot in &mut self.slots {
+            for waiter in slot.pinned.drain(..) {
+                let _ = waiter.reply.send(Err(PoolError::ShuttingDown));
+            }
+        }
+    }
+
     fn fail(&mut self, cause: String) {
         if self.failed.is_some() {
             return;
@@ -887,6 +924,7 @@ impl PoolActorState {
     fn publish(&mut self) {
         let state = match &self.failed {
             Some(cause) => PoolState::Failed(cause.clone()),
+            None if self.closing => PoolState::Draining,
             None => PoolState::Running,
         };
         self.publish_state(state);

@@ -493,9 +493,16 @@ impl Pool {
         command: Command,
         options: RequestOptions,
     ) -> Result<Value, PoolError> {
-        let mut lease = self.checkout(options.checkout.clone()).await?;
-        let call = call_options(&options);
-        Ok(lease.call(command, call).await?)
+        let mut attempt = 1;
+        loop {
+            let mut lease = self.checkout(options.checkout.clone()).await?;
+            match lease.call(command.clone(), call_options(&options)).await {
+                // It never reached that worker (gone a moment ago): it did
+                // not run, so another worker may take it.
+                Err(WorkerError::NotDelivered { .. }) if attempt < REDELIVERIES => attempt += 1,
+                result => return Ok(result?),
+            }
+        }
     }
 
     /// Validates a program on a worker and stores it in the pool, so any
@@ -545,13 +552,21 @@ impl Pool {
                 .ok_or_else(|| PoolError::ProgramNotFound {
                     program_id: program_id.to_owned(),
                 })?;
-        let mut lease = self
-            .checkout_for(options.checkout.clone(), Some(stored.hash.clone()))
-            .await?;
-        let call = call_options(&options);
-        Ok(lease
-            .execute(&stored.definition, &stored.hash, inputs, options.lm, call)
-            .await?)
+        let mut attempt = 1;
+        loop {
+            let mut lease = self
+                .checkout_for(options.checkout.clone(), Some(stored.hash.clone()))
+                .await?;
+            let call = call_options(&options);
+            let lm = options.lm.clone();
+            match lease
+                .execute(&stored.definition, &stored.hash, inputs.clone(), lm, call)
+                .await
+            {
+                Err(WorkerError::NotDelivered { .. }) if attempt < REDELIVERIES => attempt += 1,
+                result => return Ok(result?),
+            }
+        }
     }
 
     /// Removes a program from the pool's store (workers forget it lazily).
@@ -653,13 +668,25 @@ impl Pool {
         Ok(resume)
     }
 
-    /// Stops the pool in order (health monitor, the pool with its workers,
-    /// the store) and verifies no process of it is left, killing stragglers.
-    /// Returns how many stragglers there were.
+    /// Shuts the pool down gracefully: new callers are refused at once
+    /// ([`PoolError::ShuttingDown`]); requests in flight get up to half of
+    /// `timeout` to finish; then everything stops in order (health monitor,
+    /// the pool with its workers' EOF → SIGTERM → SIGKILL, the store) and no
+    /// process of the pool is left — stragglers are killed. Returns how many
+    /// stragglers there were.
     ///
     /// # Cancel safety
-    /// The shutdown proceeds if the future is dropped.
+    /// The shutdown proceeds if the future is dropped after the drain.
     pub async fn shutdown(&self, timeout: Duration) -> usize {
+        if let Ok(actor) = self.actor() {
+            let (done, closed) = oneshot::channel();
+            if actor.send_message(PoolMsg(Inner::Close(done))).is_ok() {
+                let _ = closed.await;
+                let mut status = self.inner.status.clone();
+                let drained = status.wait_for(|s| s.leases == 0);
+                let _ = tokio::time::timeout(timeout / 2, drained).await;
+            }
+        }
         self.inner.supervisor.stop(timeout).await;
         let stragglers = tagged_processes(&self.inner.run_tag);
         for &pid in &stragglers {
@@ -669,6 +696,10 @@ impl Pool {
         stragglers.len()
     }
 }
+
+/// How many times a request that never reached a worker (its process had
+/// just died) is offered to a worker.
+const REDELIVERIES: u32 = 3;
 
 fn call_options(options: &RequestOptions) -> CallOptions {
     CallOptions {

@@ -10,6 +10,8 @@ pub enum PoolState {
     /// The restart budget is exhausted; the text is the last failure (with
     /// the worker's exit status and stderr tail). Calls fail at once.
     Failed(String),
+    /// Shutting down: no new callers; leases out are finishing.
+    Draining,
     /// Shut down.
     Stopped,
 }

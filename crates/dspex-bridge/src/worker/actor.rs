@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -60,7 +61,7 @@ pub(crate) enum Inner {
     CloseStdin,
     Kill(String),
     Frame(Result<Response, Arc<ProtocolError>>),
-    WriteFailed(String),
+    WriteFailed(String, Vec<RequestId>),
     Exited,
     Deadline(RequestId),
     BootTimeout,
@@ -89,7 +90,9 @@ pub struct WorkerActorState {
     worker_id: String,
     config: WorkerConfig,
     process: WorkerProcess,
-    writer: Option<mpsc::UnboundedSender<Bytes>>,
+    writer: Option<mpsc::UnboundedSender<(RequestId, Bytes)>>,
+    /// The id of the last request whose frame the writer finished writing.
+    written: Arc<AtomicU64>,
     codec: MessageCodec<Request, Response>,
     state: WorkerState,
     pending: HashMap<RequestId, Pending>,
@@ -157,8 +160,14 @@ impl Actor for Worker {
 
         let mut tasks = Vec::with_capacity(4);
         let (writer, outbox) = mpsc::unbounded_channel();
+        let written = Arc::new(AtomicU64::new(0));
         if let Some(stdin) = process.take_stdin() {
-            tasks.push(tokio::spawn(write_frames(stdin, outbox, myself.clone())));
+            tasks.push(tokio::spawn(write_frames(
+                stdin,
+                outbox,
+                Arc::clone(&written),
+                myself.clone(),
+            )));
         }
         let (read_all, reader_done) = tokio::sync::oneshot::channel::<()>();
         if let Some(stdout) = process.take_stdout() {
@@ -190,6 +199,7 @@ impl Actor for Worker {
             codec: MessageCodec::new(args.config.max_frame),
             process,
             writer: Some(writer),
+            written,
             state: WorkerState::Booting,
             pending: HashMap::new(),
             next_id: 1,
@@ -225,9 +235,12 @@ impl Actor for Worker {
             }
             Inner::Frame(Ok(response)) => state.on_response(response),
             Inner::Frame(Err(error)) => state.stream_unusable(error),
-            Inner::WriteFailed(error) => {
-                // A closed stdin means the process is going; its exit follows.
+            Inner::WriteFailed(error, ids) => {
+                // A broken pipe means the process is gone; its exit follows.
+                // The requests whose frames were not written never ran.
                 tracing::debug!(worker = %state.worker_id, pid = state.process.pid(), %error, "write to worker failed");
+                state.writer.take();
+                state.not_delivered(&ids);
             }
             Inner::Deadline(id) => state.on_deadline(id),
             Inner::BootTimeout => state.on_boot_timeout(),
@@ -273,12 +286,11 @@ impl WorkerActorState {
         }
         self.next_id += 1;
         let frame = frame.freeze();
-        let unsent = match self.state {
-            WorkerState::Ready(_) => {
-                self.send_frame(frame);
-                None
-            }
-            _ => Some(frame),
+        let ready = matches!(self.state, WorkerState::Ready(_));
+        let (unsent, to_send) = if ready {
+            (None, Some(frame))
+        } else {
+            (Some(frame), None)
         };
         let me = myself.clone();
         let timer = tokio::spawn(async move {
@@ -295,12 +307,32 @@ impl WorkerActorState {
                 shutdown,
             },
         );
+        if let Some(frame) = to_send {
+            self.send_frame(id, frame);
+        }
     }
 
-    fn send_frame(&mut self, frame: Bytes) {
-        if let Some(writer) = &self.writer {
-            // A failed send means the writer has ended; the exit will follow.
-            let _ = writer.send(frame);
+    /// Queues a request's frame for the writer. If the writer has ended (the
+    /// pipe broke: the process is gone), the request was never delivered.
+    fn send_frame(&mut self, id: RequestId, frame: Bytes) {
+        let sent = self
+            .writer
+            .as_ref()
+            .is_some_and(|writer| writer.send((id, frame)).is_ok());
+        if !sent {
+            self.not_delivered(&[id]);
+        }
+    }
+
+    /// Fails requests that never reached the process: they did not run.
+    fn not_delivered(&mut self, ids: &[RequestId]) {
+        for id in ids {
+            if let Some(pending) = self.pending.remove(id) {
+                pending.timer.abort();
+                let _ = pending.reply.send(Err(WorkerError::NotDelivered {
+                    worker_id: self.worker_id.clone(),
+                }));
+            }
         }
     }
 
@@ -355,8 +387,8 @@ impl WorkerActorState {
                     .filter_map(|(id, p)| Some((*id, p.unsent.take()?)))
                     .collect();
                 unsent.sort_by_key(|(id, _)| *id);
-                for (_, frame) in unsent {
-                    self.send_frame(frame);
+                for (id, frame) in unsent {
+                    self.send_frame(id, frame);
                 }
             }
             Err(error) => self.stream_unusable(Arc::new(error)),
@@ -442,9 +474,19 @@ impl WorkerActorState {
             }
             _ => self.exited(exit),
         };
-        for (_, pending) in self.pending.drain() {
+        // Frames go out in request-id order; those past the last one the
+        // writer finished never reached the process.
+        let written = self.written.load(Ordering::Acquire);
+        for (id, pending) in self.pending.drain() {
             pending.timer.abort();
-            let _ = pending.reply.send(Err(error.clone()));
+            let error = if id > written && pending.unsent.is_none() {
+                WorkerError::NotDelivered {
+                    worker_id: self.worker_id.clone(),
+                }
+            } else {
+                error.clone()
+            };
+            let _ = pending.reply.send(Err(error));
         }
     }
 
@@ -490,14 +532,23 @@ impl WorkerActorState {
 
 async fn write_frames(
     mut stdin: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-    mut outbox: mpsc::UnboundedReceiver<Bytes>,
+    mut outbox: mpsc::UnboundedReceiver<(RequestId, Bytes)>,
+    written: Arc<AtomicU64>,
     myself: ActorRef<WorkerMsg>,
 ) {
-    while let Some(frame) = outbox.recv().await {
+    while let Some((id, frame)) = outbox.recv().await {
         if let Err(error) = stdin.write_all(&frame).await {
-            let _ = myself.send_message(WorkerMsg(Inner::WriteFailed(error.to_string())));
+            // This frame (whole or cut: undecodable either way) and every
+            // one queued behind it never arrived.
+            let mut lost = vec![id];
+            outbox.close();
+            while let Ok((id, _)) = outbox.try_recv() {
+                lost.push(id);
+            }
+            let _ = myself.send_message(WorkerMsg(Inner::WriteFailed(error.to_string(), lost)));
             return;
         }
+        written.store(id, Ordering::Release);
     }
     // The actor closed the outbox: dropping stdin is the worker's EOF.
 }
