@@ -15,7 +15,8 @@ in that adapter's format, deterministically from the signature and the input val
   ``seed``); the short hash is ``h[:8]``;
 * text → ``"<field>: <short hash>"`` (``reasoning`` gets a sentence mentioning the inputs),
   int → ``n % 1000``, float → ``(n % 10000) / 10000`` (in [0, 1), so probabilities
-  and confidence scores fit), bool → ``n`` odd, literal/enum → member ``n % len``, arrays → two items, maps → keys ``k0``/``k1`` (or the declared properties),
+  and confidence scores fit), bool → ``n`` odd, literal/enum → member ``n % len``,
+  arrays → two items, maps → keys ``k0``/``k1`` (or the declared properties),
   ``anyOf`` with null → the non-null branch; ``n`` is derived from ``h`` and the value's path;
 * ``latency_ms`` sleeps before answering (simulated latency);
 * both DSPy adapters are understood: ChatAdapter (``[[ ## field ## ]]`` sections) and
