@@ -131,11 +131,22 @@ impl Prediction {
 }
 
 /// A program with a Rust-typed signature: inputs in, typed outputs out.
-#[derive(Debug, Clone)]
+/// Cheap to clone.
+#[derive(Debug)]
 pub struct Program<S> {
     dspex: Dspex,
     program_id: String,
     _signature: PhantomData<fn() -> S>,
+}
+
+impl<S> Clone for Program<S> {
+    fn clone(&self) -> Self {
+        Self {
+            dspex: self.dspex.clone(),
+            program_id: self.program_id.clone(),
+            _signature: PhantomData,
+        }
+    }
 }
 
 impl<S: TypedSignature> Program<S> {
