@@ -250,6 +250,16 @@ fn millis(duration: Duration) -> u64 {
 impl Config {
     /// Parses the TOML form, then validates it.
     ///
+    /// ```
+    /// use dspex::{AdapterKind, Config};
+    ///
+    /// let config = Config::from_toml("adapter = \"mock\"\npool_size = 2")?;
+    /// assert_eq!((config.adapter, config.pool_size), (AdapterKind::Mock, 2));
+    /// let error = Config::from_toml("pool_size = 0").unwrap_err();
+    /// assert!(error.to_string().contains("pool_size: must be at least 1"));
+    /// # Ok::<(), dspex::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Configuration`] naming the bad key (unknown keys included).
     pub fn from_toml(text: &str) -> Result<Self> {

@@ -53,6 +53,16 @@ pub enum Deadline {
 }
 
 /// Any failure of the DSPex API.
+///
+/// ```
+/// use std::time::Duration;
+/// use dspex::{Category, Deadline, Error};
+///
+/// let error = Error::Timeout { deadline: Deadline::Checkout, after: Duration::from_secs(5) };
+/// assert_eq!(error.category(), Category::Timeout);
+/// assert!(error.is_retryable() && error.never_ran());
+/// assert_eq!(error.to_string(), "waiting for a free worker timed out after 5s");
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

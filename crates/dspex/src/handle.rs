@@ -416,6 +416,27 @@ impl Dspex {
 
     /// Creates a typed program for a `#[derive(Signature)]` type.
     ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use dspex::{AdapterKind, Dspex, LmConfig, Module, Signature};
+    ///
+    /// /// Translate to French.
+    /// #[derive(Signature)]
+    /// struct Translate {
+    ///     #[input]
+    ///     english: String,
+    ///     #[output]
+    ///     french: String,
+    /// }
+    ///
+    /// let dspex = Dspex::builder().adapter(AdapterKind::Mock).lm(LmConfig::dummy()).start().await?;
+    /// let translate = dspex.program::<Translate>("translate", Module::Predict).await?;
+    /// let out: TranslateOutputs = translate.call(TranslateInputs { english: "cat".into() }).await?;
+    /// assert!(!out.french.is_empty());
+    /// # Ok::<(), dspex::Error>(())
+    /// # });
+    /// ```
+    ///
     /// # Cancel safety
     /// As [`Dspex::create_program`].
     ///
@@ -433,6 +454,32 @@ impl Dspex {
 
     /// Runs a program. Inputs are checked against its signature before they
     /// leave Rust, and outputs when they come back.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use dspex::{AdapterKind, Category, Dspex, ExecuteOptions, LmConfig, Module, Signature};
+    /// use serde_json::json;
+    ///
+    /// let dspex = Dspex::builder().adapter(AdapterKind::Mock).lm(LmConfig::dummy()).start().await?;
+    /// let signature = Signature::parse("question: str -> answer: str, confidence: float")?;
+    /// dspex.create_program("qa", signature, Module::Predict).await?;
+    ///
+    /// let prediction = dspex
+    ///     .execute("qa", json!({"question": "Why?"}), ExecuteOptions::default())
+    ///     .await?;
+    /// assert!(prediction.get::<f64>("confidence")? >= 0.0);
+    ///
+    /// // A wrong input never leaves Rust, and the error names the field.
+    /// let error = dspex
+    ///     .execute("qa", json!({"question": 42}), ExecuteOptions::default())
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(error.category(), Category::Validation);
+    /// assert!(error.to_string().contains("question"));
+    /// # dspex.shutdown().await;
+    /// # Ok::<(), dspex::Error>(())
+    /// # });
+    /// ```
     ///
     /// Retries follow the policy: errors that guarantee the request never
     /// ran are retried; others only for calls marked idempotent. The circuit
@@ -551,6 +598,23 @@ impl Dspex {
 
     /// A stateful session: calls run only on its worker, and fail with
     /// [`Error::SessionLost`] once that worker is gone.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use dspex::{AdapterKind, Dspex, ExecuteOptions, LmConfig, Module, Signature};
+    ///
+    /// let dspex = Dspex::builder().adapter(AdapterKind::BridgeMock).pool_size(2)
+    ///     .lm(LmConfig::dummy()).start().await?;
+    /// dspex.create_program("echo", Signature::parse("q: str -> a: str")?, Module::Predict).await?;
+    /// let chat = dspex.stateful_session("user-7");
+    /// let a = chat.execute("echo", serde_json::json!({"q": "hi"}), ExecuteOptions::default()).await?;
+    /// let b = chat.execute("echo", serde_json::json!({"q": "hi"}), ExecuteOptions::default()).await?;
+    /// assert_eq!(a.outputs, b.outputs);
+    /// assert!(chat.is_stateful());
+    /// # dspex.shutdown().await;
+    /// # Ok::<(), dspex::Error>(())
+    /// # });
+    /// ```
     pub fn stateful_session(&self, id: impl Into<String>) -> crate::Session {
         crate::Session::new(self.clone(), PoolSession::stateful(id))
     }
