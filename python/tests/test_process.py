@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import signal
 import struct
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -337,7 +339,17 @@ def test_fail_import_dies_before_handshake(spawn: SpawnFn) -> None:
 def test_protocol_pipes_are_not_inherited_by_children(spawn: SpawnFn) -> None:
     worker = spawn()
     pid = worker.call("spawn_grandchild")["pid"]
-    child_fds = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    # Look once the child runs `sleep` itself: between fork and exec it briefly
+    # holds descriptors that exec closes.
+    deadline = time.monotonic() + 5.0
+    while Path(f"/proc/{pid}/comm").read_text().strip() != "sleep":
+        assert time.monotonic() < deadline, "the grandchild never exec'd sleep"
+        time.sleep(0.005)
+    child_fds = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        # The listing's own descriptor may be gone already.
+        with contextlib.suppress(FileNotFoundError):
+            child_fds.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
     assert worker.proc.stdout is not None
     assert worker.proc.stdin is not None
     stdout_pipe = f"pipe:[{os.fstat(worker.proc.stdout.fileno()).st_ino}]"
