@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use dspex::signature::TypedSignature;
 use dspex::{
-    AdapterKind, Category, Dspex, Error, ExecuteOptions, LmConfig, ModeSetting, Module,
-    Signature,
+    AdapterKind, Category, Dspex, Error, ExecuteOptions, LmConfig, ModeSetting, Module, Signature,
 };
 use serde_json::{Value, json};
 
@@ -31,7 +30,11 @@ struct Classify {
 }
 
 async fn mock() -> Dspex {
-    Dspex::builder().adapter(AdapterKind::Mock).start().await.unwrap()
+    Dspex::builder()
+        .adapter(AdapterKind::Mock)
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn bridge_mock() -> Dspex {
@@ -65,15 +68,27 @@ async fn conformance(dspex: Dspex) {
     let layer = dspex.status().adapter.kind;
 
     // Before an LM is configured, programs can be created but not run.
-    let signature =
-        Signature::parse("question: str, context: list[str] -> answer: str, score: float, n: int, ok: bool")
-            .unwrap();
-    dspex.create_program("qa", signature.clone(), Module::Predict).await.unwrap();
+    let signature = Signature::parse(
+        "question: str, context: list[str] -> answer: str, score: float, n: int, ok: bool",
+    )
+    .unwrap();
+    dspex
+        .create_program("qa", signature.clone(), Module::Predict)
+        .await
+        .unwrap();
     let unconfigured = dspex
-        .execute("qa", json!({"question": "q", "context": []}), ExecuteOptions::default())
+        .execute(
+            "qa",
+            json!({"question": "q", "context": []}),
+            ExecuteOptions::default(),
+        )
         .await
         .unwrap_err();
-    assert_eq!(unconfigured.category(), Category::Lm, "{layer:?}: {unconfigured}");
+    assert_eq!(
+        unconfigured.category(),
+        Category::Lm,
+        "{layer:?}: {unconfigured}"
+    );
     assert!(!unconfigured.is_retryable());
 
     dspex.configure_lm(LmConfig::dummy()).await.unwrap();
@@ -92,7 +107,10 @@ async fn conformance(dspex: Dspex) {
     assert_eq!(keys, ["answer", "n", "ok", "score"], "{layer:?}");
     assert!(prediction.outputs["answer"].is_string(), "{layer:?}");
     assert!(prediction.outputs["score"].is_number(), "{layer:?}");
-    assert!(prediction.outputs["n"].is_i64() || prediction.outputs["n"].is_u64(), "{layer:?}");
+    assert!(
+        prediction.outputs["n"].is_i64() || prediction.outputs["n"].is_u64(),
+        "{layer:?}"
+    );
     assert!(prediction.outputs["ok"].is_boolean(), "{layer:?}");
     assert_eq!(prediction.program_id, "qa");
     assert_eq!(prediction.attempts, 1);
@@ -114,7 +132,11 @@ async fn conformance(dspex: Dspex) {
         .await
         .unwrap();
     let reasoned = dspex
-        .execute("cot", json!({"question": "Why?", "context": []}), ExecuteOptions::default())
+        .execute(
+            "cot",
+            json!({"question": "Why?", "context": []}),
+            ExecuteOptions::default(),
+        )
         .await
         .unwrap();
     assert!(reasoned.outputs["reasoning"].is_string(), "{layer:?}");
@@ -132,7 +154,11 @@ async fn conformance(dspex: Dspex) {
             .await
             .unwrap_err();
         match &error {
-            Error::Validation { what: "input", field: Some(f), .. } => {
+            Error::Validation {
+                what: "input",
+                field: Some(f),
+                ..
+            } => {
                 assert_eq!(f, field, "{layer:?}: {inputs}")
             }
             other => panic!("{layer:?}: {inputs}: expected a validation error, got {other:?}"),
@@ -156,23 +182,42 @@ async fn conformance(dspex: Dspex) {
         })
         .await
         .unwrap();
-    assert!(["spam", "ham"].contains(&out.label.as_str()), "{layer:?}: {}", out.label);
-    assert!((0.0..=1.0).contains(&out.probability), "{layer:?}: {}", out.probability);
+    assert!(
+        ["spam", "ham"].contains(&out.label.as_str()),
+        "{layer:?}: {}",
+        out.label
+    );
+    assert!(
+        (0.0..=1.0).contains(&out.probability),
+        "{layer:?}: {}",
+        out.probability
+    );
     assert!(out.keywords.iter().all(|k| !k.is_empty()), "{layer:?}");
     assert_eq!(Classify::signature().outputs().len(), 3);
 
     // Sessions run the same programs.
     let session = dspex.session("s-1");
     let in_session = session
-        .execute("qa", json!({"question": "Why?", "context": ["a", "b"]}), ExecuteOptions::default())
+        .execute(
+            "qa",
+            json!({"question": "Why?", "context": ["a", "b"]}),
+            ExecuteOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(in_session.outputs, prediction.outputs, "{layer:?}");
 
     // Programs are listed, described and deleted.
-    let ids: Vec<String> = dspex.list_programs().into_iter().map(|p| p.program_id).collect();
+    let ids: Vec<String> = dspex
+        .list_programs()
+        .into_iter()
+        .map(|p| p.program_id)
+        .collect();
     assert_eq!(ids, ["classify", "cot", "qa"], "{layer:?}");
-    assert_eq!(dspex.program_info("cot").unwrap().module, "chain_of_thought");
+    assert_eq!(
+        dspex.program_info("cot").unwrap().module,
+        "chain_of_thought"
+    );
     assert!(dspex.delete_program("cot").await.unwrap());
     assert!(!dspex.delete_program("cot").await.unwrap());
     let status = dspex.status();
@@ -211,7 +256,10 @@ fn outputs_of_the_mock_layers_are_identical() {
         for dspex in [mock().await, bridge_mock().await] {
             dspex.configure_lm(LmConfig::dummy()).await.unwrap();
             let signature = Signature::parse("q: str -> a: str, b: list[int]").unwrap();
-            dspex.create_program("p", signature, Module::Predict).await.unwrap();
+            dspex
+                .create_program("p", signature, Module::Predict)
+                .await
+                .unwrap();
             let p = dspex
                 .execute("p", json!({"q": "x"}), ExecuteOptions::default())
                 .await
