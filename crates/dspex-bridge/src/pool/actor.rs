@@ -9,9 +9,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dspex_protocol::{Command, LmConfig, Value};
+use dspex_protocol::{LmConfig, Value};
 use dspex_supervision::{
-    OnGiveUp, Restart, Strategy, Supervisor, SupervisorEvent, SupervisorHandle, SupervisorOptions,
+    OnGiveUp, Strategy, Supervisor, SupervisorEvent, SupervisorHandle, SupervisorOptions,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, oneshot, watch};
@@ -20,11 +20,11 @@ use super::contract::{
     CheckinDecision, CheckoutDecision, SkipReason, checkin_decision, checkout_decision,
 };
 use super::lease::Lease;
-use super::status::{PoolCounters, PoolEvent, PoolState, PoolStatus, SlotPhase, SlotStatus};
+use super::status::{PoolCounters, PoolEvent, PoolState, PoolStatus, SlotPhase};
 use super::{PoolConfig, PoolError};
 use crate::WorkerError;
 use crate::context::TreeContext;
-use crate::worker::{CallOptions, WorkerEvent, WorkerHandle, WorkerState};
+use crate::worker::{WorkerEvent, WorkerHandle};
 
 /// A message to the pool actor (built by [`super::Pool`] and [`Lease`]).
 #[derive(Debug)]
@@ -88,27 +88,27 @@ pub(crate) struct Checkin {
 
 /// Where a session's worker is.
 #[derive(Debug, Clone, Copy)]
-struct Affinity {
-    slot: usize,
-    pid: u32,
-    stateful: bool,
+pub(super) struct Affinity {
+    pub(super) slot: usize,
+    pub(super) pid: u32,
+    pub(super) stateful: bool,
 }
 
 #[derive(Debug)]
-struct Slot {
-    id: String,
-    overflow: bool,
-    phase: SlotPhase,
-    worker: Option<WorkerHandle>,
-    pid: u32,
-    leases: usize,
-    loaded: HashSet<String>,
-    lm_generation: u64,
-    pinned: VecDeque<Waiter>,
+pub(super) struct Slot {
+    pub(super) id: String,
+    pub(super) overflow: bool,
+    pub(super) phase: SlotPhase,
+    pub(super) worker: Option<WorkerHandle>,
+    pub(super) pid: u32,
+    pub(super) leases: usize,
+    pub(super) loaded: HashSet<String>,
+    pub(super) lm_generation: u64,
+    pub(super) pinned: VecDeque<Waiter>,
 }
 
 impl Slot {
-    fn new(id: String, overflow: bool) -> Self {
+    pub(super) fn new(id: String, overflow: bool) -> Self {
         Self {
             id,
             overflow,
@@ -140,23 +140,23 @@ pub(crate) struct PoolArgs {
 /// The pool actor's state.
 #[derive(Debug)]
 pub(crate) struct PoolActorState {
-    config: PoolConfig,
-    ctx: Arc<TreeContext>,
-    workers: SupervisorHandle,
-    slots: Vec<Slot>,
-    queue: VecDeque<Waiter>,
-    sessions: HashMap<String, Affinity>,
-    lost_sessions: HashSet<String>,
-    lm: Option<(Arc<LmConfig>, u64)>,
-    lm_generation: u64,
-    failed: Option<String>,
-    closing: bool,
-    cursor: usize,
-    overflow_started: usize,
-    counters: PoolCounters,
-    status: watch::Sender<PoolStatus>,
-    events: broadcast::Sender<PoolEvent>,
-    ready_workers: watch::Sender<Vec<WorkerHandle>>,
+    pub(super) config: PoolConfig,
+    pub(super) ctx: Arc<TreeContext>,
+    pub(super) workers: SupervisorHandle,
+    pub(super) slots: Vec<Slot>,
+    pub(super) queue: VecDeque<Waiter>,
+    pub(super) sessions: HashMap<String, Affinity>,
+    pub(super) lost_sessions: HashSet<String>,
+    pub(super) lm: Option<(Arc<LmConfig>, u64)>,
+    pub(super) lm_generation: u64,
+    pub(super) failed: Option<String>,
+    pub(super) closing: bool,
+    pub(super) cursor: usize,
+    pub(super) overflow_started: usize,
+    pub(super) counters: PoolCounters,
+    pub(super) status: watch::Sender<PoolStatus>,
+    pub(super) events: broadcast::Sender<PoolEvent>,
+    pub(super) ready_workers: watch::Sender<Vec<WorkerHandle>>,
 }
 
 impl Actor for PoolActor {
@@ -344,7 +344,7 @@ impl Actor for PoolActor {
 impl PoolActorState {
     // --- checkout -------------------------------------------------------------------------
 
-    fn checkout(&mut self, myself: &ActorRef<PoolMsg>, waiter: Waiter) {
+    pub(super) fn checkout(&mut self, myself: &ActorRef<PoolMsg>, waiter: Waiter) {
         if self.closing {
             let _ = waiter.reply.send(Err(PoolError::ShuttingDown));
             return;
@@ -382,7 +382,12 @@ impl PoolActorState {
         self.enqueue(myself, waiter, None);
     }
 
-    fn checkout_pinned(&mut self, myself: &ActorRef<PoolMsg>, waiter: Waiter, affinity: Affinity) {
+    pub(super) fn checkout_pinned(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        waiter: Waiter,
+        affinity: Affinity,
+    ) {
         let slot = &self.slots[affinity.slot];
         let alive = slot.pid == affinity.pid
             && matches!(slot.phase, SlotPhase::Ready | SlotPhase::Configuring);
@@ -398,7 +403,7 @@ impl PoolActorState {
         self.enqueue(myself, waiter, Some(affinity.slot));
     }
 
-    fn session_lost(&mut self, waiter: Waiter) {
+    pub(super) fn session_lost(&mut self, waiter: Waiter) {
         let session_id = waiter.session.map(|s| s.id).unwrap_or_default();
         self.counters.session_lost += 1;
         let _ = waiter
@@ -406,11 +411,16 @@ impl PoolActorState {
             .send(Err(PoolError::SessionLost { session_id }));
     }
 
-    fn queued(&self) -> usize {
+    pub(super) fn queued(&self) -> usize {
         self.queue.len() + self.slots.iter().map(|s| s.pinned.len()).sum::<usize>()
     }
 
-    fn enqueue(&mut self, myself: &ActorRef<PoolMsg>, waiter: Waiter, pinned: Option<usize>) {
+    pub(super) fn enqueue(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        waiter: Waiter,
+        pinned: Option<usize>,
+    ) {
         if let Some(max) = self.config.max_queue
             && self.queued() >= max
         {
@@ -427,7 +437,7 @@ impl PoolActorState {
         self.grow(myself);
     }
 
-    fn cancel(&mut self, ticket: u64) {
+    pub(super) fn cancel(&mut self, ticket: u64) {
         let before = self.queued();
         self.queue.retain(|w| w.ticket != ticket);
         for slot in &mut self.slots {
@@ -438,17 +448,17 @@ impl PoolActorState {
         }
     }
 
-    fn capacity(&self) -> usize {
+    pub(super) fn capacity(&self) -> usize {
         self.config.per_worker_concurrency.max(1)
     }
 
-    fn is_free(&self, slot: usize) -> bool {
+    pub(super) fn is_free(&self, slot: usize) -> bool {
         let s = &self.slots[slot];
         s.phase == SlotPhase::Ready && s.leases < self.capacity()
     }
 
     /// A free slot, preferring `preferred`, else the least loaded, round robin.
-    fn pick_free(&mut self, preferred: Option<usize>) -> Option<usize> {
+    pub(super) fn pick_free(&mut self, preferred: Option<usize>) -> Option<usize> {
         if let Some(slot) = preferred.filter(|&s| self.is_free(s)) {
             return Some(slot);
         }
@@ -463,7 +473,12 @@ impl PoolActorState {
 
     /// Offers `slot` to `waiter`. Returns the waiter if it still needs a
     /// worker (the slot was removed instead).
-    fn hand(&mut self, myself: &ActorRef<PoolMsg>, slot: usize, waiter: Waiter) -> Option<Waiter> {
+    pub(super) fn hand(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        slot: usize,
+        waiter: Waiter,
+    ) -> Option<Waiter> {
         if waiter.reply.is_closed() {
             self.counters.cancelled += 1;
             return None;
@@ -538,7 +553,7 @@ impl PoolActorState {
 
     /// Serves waiters from a slot that has room: its pinned queue first, then
     /// the shared FIFO queue.
-    fn dispatch(&mut self, myself: &ActorRef<PoolMsg>, slot: usize) {
+    pub(super) fn dispatch(&mut self, myself: &ActorRef<PoolMsg>, slot: usize) {
         while self.is_free(slot) {
             let next = match self.slots[slot].pinned.pop_front() {
                 Some(waiter) => waiter,
@@ -557,7 +572,7 @@ impl PoolActorState {
 
     // --- check-in -------------------------------------------------------------------------
 
-    fn checkin(&mut self, myself: &ActorRef<PoolMsg>, checkin: Checkin) {
+    pub(super) fn checkin(&mut self, myself: &ActorRef<PoolMsg>, checkin: Checkin) {
         self.counters.checkins += 1;
         let Some(slot) = self.slots.get_mut(checkin.slot) else {
             return;
@@ -582,7 +597,7 @@ impl PoolActorState {
 
     /// Takes a worker out of service: it is killed, and its supervisor
     /// replaces it.
-    fn remove(&mut self, slot: usize, reason: String) {
+    pub(super) fn remove(&mut self, slot: usize, reason: String) {
         self.counters.removed += 1;
         let s = &mut self.slots[slot];
         tracing::warn!(worker = %s.id, pid = s.pid, %reason, "pool: removing worker");
@@ -596,7 +611,7 @@ impl PoolActorState {
     }
 
     /// The slot's worker is gone: forget its leases, programs and sessions.
-    fn slot_down(&mut self, slot: usize) {
+    pub(super) fn slot_down(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
         if s.phase == SlotPhase::Retired {
             return;
@@ -625,369 +640,5 @@ impl PoolActorState {
         for waiter in lost {
             self.session_lost(waiter);
         }
-    }
-
-    // --- workers --------------------------------------------------------------------------
-
-    fn start_slot(&mut self, myself: &ActorRef<PoolMsg>, slot: usize) {
-        let s = &mut self.slots[slot];
-        if s.phase != SlotPhase::NotStarted {
-            return;
-        }
-        s.phase = SlotPhase::Starting;
-        let me = myself.clone();
-        let on_start = Arc::new(move |handle: WorkerHandle| {
-            let _ = me.send_message(PoolMsg(Inner::WorkerStarted { slot, handle }));
-        });
-        let mut spec = self.ctx.worker_child(s.id.clone(), on_start);
-        if s.overflow {
-            spec = spec.restart(Restart::Temporary);
-        }
-        let workers = self.workers.clone();
-        let me = myself.clone();
-        tokio::spawn(async move {
-            if let Err(error) = workers.start_child(spec).await {
-                let _ = me.send_message(PoolMsg(Inner::StartFailed {
-                    slot,
-                    error: error.to_string(),
-                }));
-            }
-        });
-    }
-
-    /// Starts more workers when callers wait and nothing is on its way: a
-    /// lazily started slot first, then an overflow worker.
-    fn grow(&mut self, myself: &ActorRef<PoolMsg>) {
-        if self.queue.is_empty() || self.failed.is_some() {
-            return;
-        }
-        let coming = self
-            .slots
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s.phase,
-                    SlotPhase::Starting | SlotPhase::Configuring | SlotPhase::Down
-                )
-            })
-            .count();
-        if coming > 0 {
-            return;
-        }
-        if let Some(slot) = self
-            .slots
-            .iter()
-            .position(|s| s.phase == SlotPhase::NotStarted)
-        {
-            return self.start_slot(myself, slot);
-        }
-        let active_overflow = self
-            .slots
-            .iter()
-            .filter(|s| s.overflow && s.phase != SlotPhase::Retired)
-            .count();
-        if active_overflow < self.config.max_overflow {
-            self.overflow_started += 1;
-            let id = format!("{}-overflow-{}", self.config.name, self.overflow_started);
-            let slot = match self
-                .slots
-                .iter()
-                .position(|s| s.phase == SlotPhase::Retired)
-            {
-                Some(index) => {
-                    self.slots[index] = Slot::new(id, true);
-                    index
-                }
-                None => {
-                    self.slots.push(Slot::new(id, true));
-                    self.slots.len() - 1
-                }
-            };
-            self.start_slot(myself, slot);
-        }
-    }
-
-    /// Retires idle overflow workers once nobody waits.
-    fn shrink(&mut self, _myself: &ActorRef<PoolMsg>) {
-        if !self.queue.is_empty() {
-            return;
-        }
-        for slot in 0..self.slots.len() {
-            let s = &self.slots[slot];
-            if s.overflow && s.phase == SlotPhase::Ready && s.leases == 0 && s.pinned.is_empty() {
-                let id = s.id.clone();
-                let pid = s.pid;
-                self.slot_down(slot);
-                self.slots[slot].phase = SlotPhase::Retired;
-                let workers = self.workers.clone();
-                tokio::spawn(async move {
-                    let _ = workers.terminate_child(&id).await;
-                });
-                self.emit(PoolEvent::WorkerRetired {
-                    id: self.slots[slot].id.clone(),
-                    pid,
-                });
-            }
-        }
-    }
-
-    fn worker_started(&mut self, myself: &ActorRef<PoolMsg>, slot: usize, handle: WorkerHandle) {
-        let Some(s) = self.slots.get_mut(slot) else {
-            return;
-        };
-        if s.phase == SlotPhase::Retired {
-            handle.kill("overflow worker retired");
-            return;
-        }
-        s.pid = handle.pid();
-        let already_ready = matches!(handle.state(), WorkerState::Ready(_));
-        s.worker = Some(handle);
-        s.phase = SlotPhase::Starting;
-        s.leases = 0;
-        s.loaded.clear();
-        s.lm_generation = 0;
-        if already_ready {
-            // Its Ready event may have come (and been ignored) before this.
-            self.worker_ready(myself, slot);
-        }
-    }
-
-    /// A slot's new worker sent its handshake: it gets the LM, then serves.
-    fn worker_ready(&mut self, myself: &ActorRef<PoolMsg>, slot: usize) {
-        if self.slots[slot].phase != SlotPhase::Starting {
-            return;
-        }
-        match self.lm.clone() {
-            // The LM first: a worker never serves with a stale one.
-            Some((config, generation)) => self.configure(myself, slot, config, generation),
-            None => self.slot_ready(myself, slot),
-        }
-    }
-
-    fn start_failed(&mut self, myself: &ActorRef<PoolMsg>, slot: usize, error: &str) {
-        tracing::warn!(slot, error, "pool: a worker could not be started");
-        if let Some(s) = self.slots.get_mut(slot)
-            && s.overflow
-        {
-            s.phase = SlotPhase::Retired;
-        }
-        self.grow(myself);
-    }
-
-    fn slot_of(&self, worker_id: &str, pid: u32) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|s| s.id == worker_id && s.pid == pid && s.phase != SlotPhase::Retired)
-    }
-
-    fn worker_event(&mut self, myself: &ActorRef<PoolMsg>, event: WorkerEvent) {
-        match event {
-            WorkerEvent::Spawned { .. } => {}
-            WorkerEvent::Ready { worker_id, pid } => {
-                if let Some(slot) = self.slot_of(&worker_id, pid) {
-                    self.worker_ready(myself, slot);
-                }
-            }
-            WorkerEvent::Exited {
-                worker_id,
-                pid,
-                exit,
-                ..
-            } => {
-                let Some(slot) = self.slot_of(&worker_id, pid) else {
-                    return;
-                };
-                let was_overflow = self.slots[slot].overflow;
-                self.slot_down(slot);
-                if was_overflow {
-                    self.slots[slot].phase = SlotPhase::Retired;
-                }
-                self.emit(PoolEvent::WorkerExited {
-                    id: worker_id,
-                    pid,
-                    exit,
-                });
-                self.grow(myself);
-            }
-        }
-    }
-
-    fn configure(
-        &mut self,
-        myself: &ActorRef<PoolMsg>,
-        slot: usize,
-        config: Arc<LmConfig>,
-        generation: u64,
-    ) {
-        let s = &mut self.slots[slot];
-        s.phase = SlotPhase::Configuring;
-        let Some(worker) = s.worker.clone() else {
-            return;
-        };
-        let pid = s.pid;
-        let me = myself.clone();
-        tokio::spawn(async move {
-            let result = worker
-                .call(
-                    Command::ConfigureLm((*config).clone()),
-                    CallOptions::default(),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
-            let _ = me.send_message(PoolMsg(Inner::LmApplied {
-                slot,
-                pid,
-                generation,
-                result,
-            }));
-        });
-    }
-
-    fn lm_applied(
-        &mut self,
-        myself: &ActorRef<PoolMsg>,
-        slot: usize,
-        pid: u32,
-        generation: u64,
-        result: Result<(), String>,
-    ) {
-        if self
-            .slots
-            .get(slot)
-            .is_none_or(|s| s.pid != pid || s.phase != SlotPhase::Configuring)
-        {
-            return;
-        }
-        match result {
-            Ok(()) => {
-                self.slots[slot].lm_generation = generation;
-                self.slot_ready(myself, slot);
-            }
-            Err(error) => self.remove(slot, format!("could not configure the LM: {error}")),
-        }
-    }
-
-    fn slot_ready(&mut self, myself: &ActorRef<PoolMsg>, slot: usize) {
-        let s = &mut self.slots[slot];
-        s.phase = SlotPhase::Ready;
-        let (id, pid) = (s.id.clone(), s.pid);
-        self.emit(PoolEvent::WorkerReady { id, pid });
-        self.dispatch(myself, slot);
-    }
-
-    /// Stops accepting callers (those waiting are told the pool is shutting
-    /// down); leases out may finish and come back.
-    fn close(&mut self) {
-        self.closing = true;
-        for waiter in self.queue.drain(..) {
-            let _ = waiter.reply.send(Err(PoolError::ShuttingDown));
-        }
-        for slot in &mut self.slots {
-            for waiter in slot.pinned.drain(..) {
-                let _ = waiter.reply.send(Err(PoolError::ShuttingDown));
-            }
-        }
-    }
-
-    fn fail(&mut self, cause: String) {
-        if self.failed.is_some() {
-            return;
-        }
-        tracing::error!(%cause, "pool failed");
-        for waiter in self.queue.drain(..) {
-            let _ = waiter.reply.send(Err(PoolError::Unavailable {
-                cause: cause.clone(),
-            }));
-        }
-        for slot in &mut self.slots {
-            for waiter in slot.pinned.drain(..) {
-                let _ = waiter.reply.send(Err(PoolError::Unavailable {
-                    cause: cause.clone(),
-                }));
-            }
-            if slot.phase != SlotPhase::Retired {
-                slot.phase = SlotPhase::Down;
-                slot.leases = 0;
-            }
-        }
-        self.failed = Some(cause.clone());
-        self.emit(PoolEvent::PoolFailed { cause });
-    }
-
-    // --- observation ----------------------------------------------------------------------
-
-    fn emit(&self, event: PoolEvent) {
-        let _ = self.events.send(event);
-    }
-
-    fn publish(&mut self) {
-        let state = match &self.failed {
-            Some(cause) => PoolState::Failed(cause.clone()),
-            None if self.closing => PoolState::Draining,
-            None => PoolState::Running,
-        };
-        self.publish_state(state);
-    }
-
-    fn publish_state(&mut self, state: PoolState) {
-        let capacity = self.capacity();
-        let workers: Vec<SlotStatus> = self
-            .slots
-            .iter()
-            .filter(|s| s.phase != SlotPhase::Retired)
-            .map(|s| SlotStatus {
-                id: s.id.clone(),
-                pid: s.pid,
-                phase: s.phase,
-                leases: s.leases,
-                overflow: s.overflow,
-                programs: s.loaded.len(),
-                queued: s.pinned.len(),
-            })
-            .collect();
-        let count = |f: &dyn Fn(&SlotStatus) -> bool| workers.iter().filter(|w| f(w)).count();
-        let ready = |w: &SlotStatus| w.phase == SlotPhase::Ready;
-        let status = PoolStatus {
-            state,
-            idle: count(&|w| ready(w) && w.leases == 0),
-            busy: count(&|w| ready(w) && w.leases > 0),
-            starting: count(&|w| {
-                matches!(
-                    w.phase,
-                    SlotPhase::Starting | SlotPhase::Configuring | SlotPhase::Down
-                )
-            }),
-            not_started: count(&|w| w.phase == SlotPhase::NotStarted),
-            queued: self.queued(),
-            leases: workers.iter().map(|w| w.leases).sum(),
-            capacity_per_worker: capacity,
-            restarts: self
-                .workers
-                .status()
-                .children
-                .iter()
-                .map(|c| c.restarts)
-                .sum(),
-            sessions: self.sessions.len(),
-            lm_generation: self.lm_generation,
-            counters: self.counters.clone(),
-            workers,
-        };
-        let ready: Vec<WorkerHandle> = self
-            .slots
-            .iter()
-            .filter(|s| s.phase == SlotPhase::Ready)
-            .filter_map(|s| s.worker.clone())
-            .collect();
-        self.ready_workers.send_if_modified(|current| {
-            let same = current.len() == ready.len()
-                && current.iter().zip(&ready).all(|(a, b)| a.pid() == b.pid());
-            if !same {
-                *current = ready;
-            }
-            !same
-        });
-        self.status.send_replace(status);
     }
 }

@@ -35,6 +35,7 @@ mod contract;
 mod lease;
 mod sessions;
 mod status;
+mod workers;
 
 use std::ffi::OsString;
 use std::sync::Arc;
