@@ -11,3 +11,5 @@ pub fn repo_root() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default()
 }
+
+pub mod pool;
