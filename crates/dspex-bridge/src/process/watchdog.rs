@@ -85,9 +85,13 @@ mod tests {
             .env(RUN_TAG_ENV, tag.as_str())
             .spawn()
             .unwrap();
-        assert_eq!(tagged_processes(&tag), [stray.id()]);
-        drop(watchdog);
+        // Its environment shows the tag once it has exec'd.
         let deadline = Instant::now() + Duration::from_secs(5);
+        while tagged_processes(&tag) != [stray.id()] {
+            assert!(Instant::now() < deadline, "the stray never showed its tag");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(watchdog);
         loop {
             if let Some(status) = stray.try_wait().unwrap() {
                 use std::os::unix::process::ExitStatusExt;
