@@ -9,8 +9,32 @@ use dspex_supervision::{ChildSpec, StartError};
 use tokio::sync::broadcast;
 
 use crate::PythonEnv;
-use crate::process::{RunTag, SpawnStrategy, Watchdog, WorkerCommand};
+use crate::process::{DirectSpawner, RunTag, SpawnStrategy, Watchdog, WorkerCommand};
 use crate::worker::{WorkerConfig, WorkerEvent, WorkerHandle};
+
+/// What a tree is started with (the parts the single bridge and the pool
+/// share).
+pub(crate) struct TreeSpec<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) python: PythonEnv,
+    pub(crate) spawner: Option<&'a Arc<dyn SpawnStrategy>>,
+    pub(crate) sweep_orphans: bool,
+    pub(crate) worker: WorkerConfig,
+    pub(crate) env: &'a [(OsString, OsString)],
+    pub(crate) args: &'a [OsString],
+    pub(crate) event_capacity: usize,
+}
+
+/// Kills whatever still carries `tag` after its tree stopped (G9); returns
+/// how many there were.
+pub(crate) fn kill_stragglers(tag: &RunTag) -> usize {
+    let stragglers = crate::process::tagged_processes(tag);
+    for &pid in &stragglers {
+        tracing::error!(pid, "a worker process outlived its tree; killing it");
+        let _ = crate::process::kill_process(pid);
+    }
+    stragglers.len()
+}
 
 /// What every worker of one tree shares.
 #[derive(Debug)]
@@ -27,25 +51,33 @@ pub(crate) struct TreeContext {
 }
 
 impl TreeContext {
-    /// A context with a fresh run tag and its watchdog.
-    pub(crate) fn new(
-        python: PythonEnv,
-        spawner: Arc<dyn SpawnStrategy>,
-        worker: WorkerConfig,
-        env: Vec<(OsString, OsString)>,
-        args: Vec<OsString>,
-        events: broadcast::Sender<WorkerEvent>,
-    ) -> std::io::Result<Self> {
+    /// Prepares a tree: sweeps orphans of dead hosts (if asked), starts
+    /// the spawner (unless one is given) and the watchdog of a fresh run tag.
+    ///
+    /// The error says which part could not start.
+    pub(crate) fn start(spec: TreeSpec<'_>) -> Result<Self, String> {
+        if spec.sweep_orphans {
+            let killed = crate::process::sweep_orphans();
+            if killed > 0 {
+                tracing::warn!(killed, "killed orphaned workers of dead hosts");
+            }
+        }
+        let spawner = match spec.spawner {
+            Some(spawner) => Arc::clone(spawner),
+            None => {
+                Arc::new(DirectSpawner::new(spec.name).map_err(|e| format!("spawner thread: {e}"))?)
+            }
+        };
         let run_tag = RunTag::new();
-        let watchdog = Watchdog::start(&run_tag)?;
+        let watchdog = Watchdog::start(&run_tag).map_err(|e| format!("watchdog: {e}"))?;
         Ok(Self {
-            python,
+            python: spec.python,
             spawner,
             run_tag,
-            worker,
-            env,
-            args,
-            events,
+            worker: spec.worker,
+            env: spec.env.to_vec(),
+            args: spec.args.to_vec(),
+            events: broadcast::channel(spec.event_capacity).0,
             _watchdog: Some(watchdog),
         })
     }

@@ -15,6 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use dspex_protocol::Command;
+use dspex_supervision::{ChildSpec, StartError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -103,6 +104,30 @@ pub struct HealthStatus {
 /// The health monitor actor.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HealthMonitor;
+
+impl HealthMonitor {
+    /// A permanent child (id `health`) that watches `workers` and publishes
+    /// into `status`, started afresh at every restart.
+    pub fn child(
+        workers: watch::Receiver<Vec<WorkerHandle>>,
+        config: HealthConfig,
+        status: watch::Sender<HealthStatus>,
+    ) -> ChildSpec {
+        ChildSpec::new("health", move |supervisor| {
+            let args = HealthArgs {
+                workers: workers.clone(),
+                config,
+                status: status.clone(),
+            };
+            async move {
+                let (monitor, _) = Actor::spawn_linked(None, HealthMonitor, args, supervisor)
+                    .await
+                    .map_err(StartError::from_error)?;
+                Ok(monitor.get_cell())
+            }
+        })
+    }
+}
 
 /// What the monitor is started with.
 #[derive(Debug)]

@@ -19,15 +19,15 @@ use std::time::Duration;
 
 use dspex_protocol::{Command, Value};
 use dspex_supervision::{
-    Backoff, ChildSpec, OnGiveUp, RestartIntensity, StartError, Strategy, Supervisor,
-    SupervisorError, SupervisorEvent, SupervisorHandle, SupervisorOptions, SupervisorState,
+    Backoff, OnGiveUp, RestartIntensity, Strategy, Supervisor, SupervisorError, SupervisorEvent,
+    SupervisorHandle, SupervisorOptions, SupervisorState,
 };
-use ractor::{Actor, ActorCell};
+use ractor::ActorCell;
 use tokio::sync::{broadcast, watch};
 
-use crate::context::TreeContext;
-use crate::health::{HealthArgs, HealthConfig, HealthMonitor, HealthStatus};
-use crate::process::{DirectSpawner, RunTag, SpawnStrategy, tagged_processes};
+use crate::context::{TreeContext, TreeSpec, kill_stragglers};
+use crate::health::{HealthConfig, HealthMonitor, HealthStatus};
+use crate::process::{RunTag, SpawnStrategy};
 use crate::worker::{CallOptions, WorkerConfig, WorkerEvent, WorkerHandle, WorkerState};
 use crate::{PythonConfig, PythonEnv, WorkerError};
 
@@ -55,7 +55,7 @@ pub struct BridgeConfig {
     pub args: Vec<OsString>,
     /// Kill tagged workers of dead hosts at start (G9).
     pub sweep_orphans: bool,
-    /// How workers are created (default: a [`DirectSpawner`] per tree).
+    /// How workers are created (default: a [`DirectSpawner`](crate::process::DirectSpawner) per tree).
     pub spawner: Option<Arc<dyn SpawnStrategy>>,
 }
 
@@ -184,31 +184,20 @@ impl Bridge {
         parent: Option<ActorCell>,
         on_give_up: OnGiveUp,
     ) -> Result<Self, BridgeError> {
-        if config.sweep_orphans {
-            let killed = crate::process::sweep_orphans();
-            if killed > 0 {
-                tracing::warn!(killed, "killed orphaned workers of dead hosts");
-            }
-        }
-        let spawner = match &config.spawner {
-            Some(spawner) => Arc::clone(spawner),
-            None => Arc::new(
-                DirectSpawner::new(&config.name)
-                    .map_err(|e| BridgeError::Start(format!("spawner thread: {e}")))?,
-            ),
-        };
-        let (events, _) = broadcast::channel(1024);
         let ctx = Arc::new(
-            TreeContext::new(
-                python.clone(),
-                spawner,
-                config.worker,
-                config.env.clone(),
-                config.args.clone(),
-                events.clone(),
-            )
-            .map_err(|e| BridgeError::Start(format!("watchdog: {e}")))?,
+            TreeContext::start(TreeSpec {
+                name: &config.name,
+                python: python.clone(),
+                spawner: config.spawner.as_ref(),
+                sweep_orphans: config.sweep_orphans,
+                worker: config.worker,
+                env: &config.env,
+                args: &config.args,
+                event_capacity: 1024,
+            })
+            .map_err(BridgeError::Start)?,
         );
+        let events = ctx.events.clone();
         let (slot, worker) = watch::channel(None);
         let (watched, health_workers) = watch::channel(Vec::new());
         let (health_tx, health) = watch::channel(HealthStatus::default());
@@ -229,19 +218,11 @@ impl Bridge {
                 slot.send_replace(Some(handle));
             }),
         ))
-        .child(ChildSpec::new("health", move |supervisor| {
-            let args = HealthArgs {
-                workers: health_workers.clone(),
-                config: health_config,
-                status: health_tx.clone(),
-            };
-            async move {
-                let (monitor, _) = Actor::spawn_linked(None, HealthMonitor, args, supervisor)
-                    .await
-                    .map_err(StartError::from_error)?;
-                Ok(monitor.get_cell())
-            }
-        }));
+        .child(HealthMonitor::child(
+            health_workers,
+            health_config,
+            health_tx,
+        ));
         let supervisor = match parent {
             Some(parent) => supervisor.spawn_linked(parent).await,
             None => supervisor.spawn().await,
@@ -412,12 +393,7 @@ impl Bridge {
     pub async fn shutdown(&self, timeout: Duration) -> usize {
         self.inner.shutdown_requested.store(true, Ordering::SeqCst);
         self.inner.supervisor.stop(timeout).await;
-        let stragglers = tagged_processes(&self.inner.run_tag);
-        for &pid in &stragglers {
-            tracing::error!(pid, "a worker process outlived its tree; killing it");
-            let _ = crate::process::kill_process(pid);
-        }
-        stragglers.len()
+        kill_stragglers(&self.inner.run_tag)
     }
 }
 

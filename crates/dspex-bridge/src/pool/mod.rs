@@ -56,9 +56,9 @@ pub use lease::Lease;
 pub use sessions::{SessionStore, StoredProgram, program_hash};
 pub use status::{PoolCounters, PoolEvent, PoolState, PoolStatus, SlotPhase, SlotStatus};
 
-use crate::context::TreeContext;
-use crate::health::{HealthArgs, HealthConfig, HealthMonitor, HealthStatus};
-use crate::process::{DirectSpawner, RunTag, SpawnStrategy, tagged_processes};
+use crate::context::{TreeContext, TreeSpec, kill_stragglers};
+use crate::health::{HealthConfig, HealthMonitor, HealthStatus};
+use crate::process::{RunTag, SpawnStrategy};
 use crate::worker::{CallOptions, WorkerConfig, WorkerHandle};
 use crate::{EnvError, PythonConfig, PythonEnv, WorkerError};
 use actor::{Inner, PoolActor, PoolArgs, SessionRequest, Waiter};
@@ -102,7 +102,7 @@ pub struct PoolConfig {
     pub args: Vec<OsString>,
     /// Kill tagged workers of dead hosts at start.
     pub sweep_orphans: bool,
-    /// How workers are created (default: a [`DirectSpawner`] per pool).
+    /// How workers are created (default: a [`DirectSpawner`](crate::process::DirectSpawner) per pool).
     pub spawner: Option<Arc<dyn SpawnStrategy>>,
 }
 
@@ -276,30 +276,18 @@ impl Pool {
         python: PythonEnv,
         parent: Option<ractor::ActorCell>,
     ) -> Result<Self, PoolError> {
-        if config.sweep_orphans {
-            let killed = crate::process::sweep_orphans();
-            if killed > 0 {
-                tracing::warn!(killed, "killed orphaned workers of dead hosts");
-            }
-        }
-        let spawner = match &config.spawner {
-            Some(spawner) => Arc::clone(spawner),
-            None => Arc::new(
-                DirectSpawner::new(&config.name)
-                    .map_err(|e| PoolError::Start(format!("spawner thread: {e}")))?,
-            ),
-        };
-        let (worker_events, _) = broadcast::channel(4096);
         let ctx = Arc::new(
-            TreeContext::new(
+            TreeContext::start(TreeSpec {
+                name: &config.name,
                 python,
-                spawner,
-                config.worker,
-                config.env.clone(),
-                config.args.clone(),
-                worker_events,
-            )
-            .map_err(|e| PoolError::Start(format!("watchdog: {e}")))?,
+                spawner: config.spawner.as_ref(),
+                sweep_orphans: config.sweep_orphans,
+                worker: config.worker,
+                env: &config.env,
+                args: &config.args,
+                event_capacity: 4096,
+            })
+            .map_err(PoolError::Start)?,
         );
         let (actor_tx, actor) = watch::channel(None);
         let (status_tx, status) = watch::channel(PoolStatus::empty());
@@ -359,19 +347,11 @@ impl Pool {
             })
             .shutdown(Duration::from_secs(40)),
         )
-        .child(ChildSpec::new("health", move |sup| {
-            let args = HealthArgs {
-                workers: ready_workers.clone(),
-                config: health_config,
-                status: health_tx.clone(),
-            };
-            async move {
-                let (actor, _) = Actor::spawn_linked(None, HealthMonitor, args, sup)
-                    .await
-                    .map_err(StartError::from_error)?;
-                Ok(actor.get_cell())
-            }
-        }));
+        .child(HealthMonitor::child(
+            ready_workers,
+            health_config,
+            health_tx,
+        ));
         let supervisor = match parent {
             Some(parent) => supervisor.spawn_linked(parent).await,
             None => supervisor.spawn().await,
@@ -689,12 +669,7 @@ impl Pool {
             }
         }
         self.inner.supervisor.stop(timeout).await;
-        let stragglers = tagged_processes(&self.inner.run_tag);
-        for &pid in &stragglers {
-            tracing::error!(pid, "a pool worker outlived its pool; killing it");
-            let _ = crate::process::kill_process(pid);
-        }
-        stragglers.len()
+        kill_stragglers(&self.inner.run_tag)
     }
 }
 
