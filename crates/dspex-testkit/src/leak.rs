@@ -1,5 +1,6 @@
 //! Leak checks: tagged processes, zombies, file descriptors.
 
+use std::future::Future;
 use std::time::Duration;
 
 use dspex_bridge::process::{RunTag, proc_stat, tagged_processes};
@@ -68,5 +69,26 @@ pub(crate) async fn check(
         tagged_alive: tagged_processes(tag),
         zombies: zombie_children(spawned),
         extra_fds: owns_process().then(|| fd_count() as isize - fd_baseline as isize),
+    }
+}
+
+/// The leak check of a tree dropped without `finish()`: shut down (on a
+/// multi-threaded runtime, blocking this thread) and check; otherwise kill
+/// whatever carries the tag. Panics on a leak unless already panicking.
+pub(crate) fn check_on_drop(tag: &RunTag, shutdown_and_check: impl Future<Output = LeakReport>) {
+    let report = match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(shutdown_and_check))
+        }
+        _ => {
+            // No runtime to shut down with: kill what is left outright.
+            for pid in tagged_processes(tag) {
+                let _ = dspex_bridge::process::kill_process(pid);
+            }
+            LeakReport::default()
+        }
+    };
+    if !std::thread::panicking() {
+        assert!(report.is_clean(), "leak check failed: {report:?}");
     }
 }

@@ -4,7 +4,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dspex_bridge::pool::{Pool, PoolConfig, PoolEvent, PoolStatus};
-use dspex_bridge::process::{kill_process, tagged_processes};
 use nix::sys::signal::Signal;
 
 use crate::leak::{self, LeakReport};
@@ -172,19 +171,6 @@ impl Drop for TestPool {
         if self.finished {
             return;
         }
-        let report = match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| handle.block_on(self.shutdown_and_check()))
-            }
-            _ => {
-                for pid in tagged_processes(self.pool.run_tag()) {
-                    let _ = kill_process(pid);
-                }
-                LeakReport::default()
-            }
-        };
-        if !std::thread::panicking() {
-            assert!(report.is_clean(), "leak check failed: {report:?}");
-        }
+        leak::check_on_drop(self.pool.run_tag(), self.shutdown_and_check());
     }
 }

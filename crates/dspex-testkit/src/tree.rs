@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dspex_bridge::health::HealthConfig;
-use dspex_bridge::process::{StopGrace, kill_process, tagged_processes};
+use dspex_bridge::process::StopGrace;
 use dspex_bridge::worker::WorkerEvent;
 use dspex_bridge::{
     Bridge, BridgeConfig, BridgeError, BridgeState, CallOptions, PythonConfig, PythonEnv,
@@ -362,20 +362,6 @@ impl Drop for TestTree {
         if self.finished {
             return;
         }
-        let report = match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| handle.block_on(self.shutdown_and_check()))
-            }
-            _ => {
-                // No runtime to shut down with: kill what is left outright.
-                for pid in tagged_processes(self.bridge.run_tag()) {
-                    let _ = kill_process(pid);
-                }
-                LeakReport::default()
-            }
-        };
-        if !std::thread::panicking() {
-            assert!(report.is_clean(), "leak check failed: {report:?}");
-        }
+        leak::check_on_drop(self.bridge.run_tag(), self.shutdown_and_check());
     }
 }
