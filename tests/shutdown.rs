@@ -193,7 +193,9 @@ async fn s24_eof_reaches_a_worker_while_its_siblings_run() {
     assert!(replaced.is_ok());
     assert_eq!(a.bridge().status().restarts, 1);
     println!("s24: A exited {took:?} after its stdin closed; B and C unaffected");
-    for tree in [a, b, c] {
+    // Last started, first finished: each tree's fd baseline (checked under
+    // nextest) includes the trees started before it.
+    for tree in [c, b, a] {
         tree.finish().await;
     }
 }

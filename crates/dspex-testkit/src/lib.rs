@@ -14,6 +14,9 @@
 //! DSPy imported lazily (`DSPEX_LAZY_DSPY=1`), so they boot in tens of
 //! milliseconds; tests that run DSPy programs turn the lazy import off.
 //!
+//! The fd count is the whole process's: a test that runs several trees at
+//! once finishes them in reverse start order.
+//!
 //! `TestTree` needs a multi-threaded runtime
 //! (`#[tokio::test(flavor = "multi_thread")]`): its drop-time cleanup blocks
 //! on the shutdown.
