@@ -21,6 +21,7 @@ ci:
 doctor:
     cargo run --bin dspex -- doctor
 
-# Fuzz the frame decoder (needs cargo-fuzz).
+# Fuzz the frame decoder for a minute (needs `cargo install cargo-fuzz`; on a
+# stable toolchain RUSTC_BOOTSTRAP=1 unlocks the sanitizer flags it uses).
 fuzz:
-    cd fuzz && cargo fuzz run decode
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run decode -- -max_total_time=60
