@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use dspex::{Dspex, ExecuteOptions, LmConfig, Module, Signature};
+use dspex::{Dspex, ExecuteOptions, Module, Signature};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -65,23 +65,6 @@ fn inputs(program: &str, i: usize) -> Value {
     }
 }
 
-/// The LM: `DSPEX_LM` (with its key in `DSPEX_LM_API_KEY`) if set, else the
-/// offline `dummy` LM.
-fn lm(latency_ms: u64) -> LmConfig {
-    match std::env::var("DSPEX_LM") {
-        Ok(model) if !model.is_empty() && model != "dummy" => LmConfig {
-            model,
-            api_key: std::env::var("DSPEX_LM_API_KEY").ok(),
-            ..LmConfig::default()
-        },
-        _ => {
-            let mut lm = LmConfig::dummy();
-            lm.extra.insert("latency_ms".into(), latency_ms.into());
-            lm
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Outcome {
     program: &'static str,
@@ -95,12 +78,19 @@ impl DemoArgs {
     pub(crate) fn pool_size(&self) -> usize {
         self.pool_size
     }
+
+    /// The simulated latency of the offline LM.
+    pub(crate) fn latency_ms(&self) -> u64 {
+        self.latency_ms
+    }
 }
 
-pub(crate) async fn run(dspex: Dspex, args: DemoArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
-    let lm = lm(args.latency_ms);
-    let model = lm.model.clone();
-    dspex.configure_lm(lm).await.context("configuring the LM")?;
+pub(crate) async fn run(
+    dspex: Dspex,
+    args: DemoArgs,
+    model: &str,
+    interrupted: Arc<AtomicBool>,
+) -> Result<()> {
     for (id, signature, module) in programs() {
         let signature = Signature::parse(signature)?;
         dspex.create_program(id, signature, module).await?;
@@ -185,7 +175,7 @@ pub(crate) async fn run(dspex: Dspex, args: DemoArgs, interrupted: Arc<AtomicBoo
     report(
         &dspex,
         &args,
-        &model,
+        model,
         &outcomes,
         elapsed,
         &pids_before,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dspex::{AdapterKind, Dspex, ModeSetting};
+use dspex::{AdapterKind, Dspex, LmConfig, ModeSetting};
 use dspex_bridge::conditional::check_environment;
 use dspex_bridge::{BridgeConfig, ConditionalSupervisor, PythonConfig, PythonEnv, TreeConfig};
 
@@ -106,6 +106,22 @@ async fn main() -> Result<()> {
     if let Some(python) = &cli.python {
         builder = builder.python(python);
     }
+    // The LM is configured once, at start: the one the configuration names
+    // (`[lm]`, or `DSPEX_LM` with `DSPEX_LM_API_KEY`), else the offline one.
+    if builder.current_config().lm.is_none() {
+        let mut dummy = LmConfig::dummy();
+        if let Cmd::Demo(args) = &cli.command {
+            dummy
+                .extra
+                .insert("latency_ms".into(), args.latency_ms().into());
+        }
+        builder = builder.lm(dummy);
+    }
+    let model = builder
+        .current_config()
+        .lm
+        .as_ref()
+        .map_or_else(|| "dummy".to_owned(), |lm| lm.model.clone());
     let dspex = tokio::select! {
         started = builder.start() => started.context("starting DSPex")?,
         _ = sigint.recv() => {
@@ -121,7 +137,7 @@ async fn main() -> Result<()> {
         let interrupted = Arc::clone(&interrupted);
         async move {
             match cli.command {
-                Cmd::Demo(args) => demo::run(dspex, args, interrupted).await,
+                Cmd::Demo(args) => demo::run(dspex, args, &model, interrupted).await,
                 Cmd::Run(args) => run::run(dspex, args).await,
                 Cmd::Doctor => Ok(()),
             }

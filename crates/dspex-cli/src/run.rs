@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use dspex::{Dspex, ExecuteOptions, LmConfig, Module, Signature};
+use dspex::{Dspex, ExecuteOptions, Module, Signature};
 use serde_json::{Map, Value};
 
 /// Options of `dspex run`.
@@ -39,28 +39,12 @@ fn parse_inputs(pairs: &[String]) -> Result<Map<String, Value>> {
     Ok(inputs)
 }
 
-/// The LM: `DSPEX_LM` (key in `DSPEX_LM_API_KEY`), else the offline `dummy` LM.
-fn lm() -> LmConfig {
-    match std::env::var("DSPEX_LM") {
-        Ok(model) if !model.is_empty() => LmConfig {
-            model,
-            api_key: std::env::var("DSPEX_LM_API_KEY").ok(),
-            ..LmConfig::default()
-        },
-        _ => LmConfig::dummy(),
-    }
-}
-
 pub(crate) async fn run(dspex: Dspex, args: RunArgs) -> Result<()> {
     let mut signature = Signature::parse(&args.signature).context("parsing --signature")?;
     if let Some(instructions) = args.instructions {
         signature = signature.with_instructions(instructions);
     }
     let inputs = parse_inputs(&args.inputs)?;
-    dspex
-        .configure_lm(lm())
-        .await
-        .context("configuring the LM")?;
     dspex.create_program("run", signature, args.module).await?;
     let prediction = dspex
         .execute("run", inputs, ExecuteOptions::default())
