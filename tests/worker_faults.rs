@@ -11,6 +11,7 @@ use dspex_bridge::{BridgeError, CallOptions, WorkerError, WorkerHandle};
 use dspex_protocol::{Command, ErrorKind, ProtocolError};
 use dspex_supervision::Backoff;
 use dspex_testkit::{TestTree, wait_event};
+use dspex_tests::pool::rss_bytes;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -325,7 +326,7 @@ async fn s04_hung_worker_times_out_and_is_replaced() {
 async fn s11_oversize_frame_from_the_worker_kills_it() {
     let (tree, _) = tree(TestTree::builder()).await;
     let pid = tree.worker_pid().unwrap();
-    let rss_before = rss_kib();
+    let rss_before = rss_bytes();
     let started = Instant::now();
     let error = tree
         .command("write_oversize_header", json!({}))
@@ -345,7 +346,7 @@ async fn s11_oversize_frame_from_the_worker_kills_it() {
     );
     // Exact "no allocation" is proven by the codec's counting-allocator test;
     // here the whole host (other tests run beside it) merely must not balloon.
-    assert!(rss_kib().saturating_sub(rss_before) < 64 * 1024);
+    assert!(rss_bytes().saturating_sub(rss_before) < 64 << 20);
     let (new_pid, _) = replaced(&tree, pid, started).await;
     assert_ne!(new_pid, pid);
     assert_eq!(
@@ -353,17 +354,6 @@ async fn s11_oversize_frame_from_the_worker_kills_it() {
         json!({"ok": 1})
     );
     tree.finish().await;
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Scenario 13: a correctly framed body that is not MessagePack is a
