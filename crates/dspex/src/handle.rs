@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use dspex_bridge::health::HealthConfig;
 use dspex_bridge::pool::{PoolConfig, Session as PoolSession};
 use dspex_bridge::{BridgeConfig, PythonConfig, WorkerConfig};
 use dspex_protocol::{LmConfig, Map, ProgramDefinition, Value};
@@ -328,7 +327,6 @@ async fn start_adapter(config: &Config) -> Result<Arc<dyn Adapter>> {
                 worker,
                 intensity,
                 backoff,
-                health: HealthConfig::default(),
                 checkout_timeout: config.checkout_timeout(),
                 env,
                 ..BridgeConfig::default()
