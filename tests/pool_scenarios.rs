@@ -510,7 +510,9 @@ async fn s18_crash_storm_under_load_never_fails_the_pool() {
             matches!(
                 error,
                 PoolError::Worker(
-                    WorkerError::WorkerExited { .. } | WorkerError::Unavailable { .. }
+                    WorkerError::WorkerExited { .. }
+                        | WorkerError::NotDelivered { .. }
+                        | WorkerError::Unavailable { .. }
                 )
             ),
             "{error:?}"

@@ -31,6 +31,10 @@ use crate::process::{RunTag, SpawnStrategy};
 use crate::worker::{CallOptions, WorkerConfig, WorkerEvent, WorkerHandle, WorkerState};
 use crate::{PythonConfig, PythonEnv, WorkerError};
 
+/// How many times a request that never reached the worker is offered to
+/// its replacement.
+const REDELIVERIES: u32 = 3;
+
 /// Configuration of a single bridge.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
@@ -255,8 +259,16 @@ impl Bridge {
     /// [`BridgeError::CheckoutTimeout`], [`BridgeError::Unavailable`] once the
     /// bridge has given up, [`BridgeError::ShuttingDown`].
     pub async fn call(&self, command: Command, options: CallOptions) -> Result<Value, BridgeError> {
-        let worker = self.ready_worker(self.inner.checkout_timeout).await?;
-        Ok(worker.call(command, options).await?)
+        let mut attempt = 1;
+        loop {
+            let worker = self.ready_worker(self.inner.checkout_timeout).await?;
+            match worker.call(command.clone(), options.clone()).await {
+                // The worker was gone before the request reached it: it did
+                // not run, so its replacement takes it.
+                Err(WorkerError::NotDelivered { .. }) if attempt < REDELIVERIES => attempt += 1,
+                result => return Ok(result?),
+            }
+        }
     }
 
     /// The current worker once it is ready.

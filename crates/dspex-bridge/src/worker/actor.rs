@@ -281,7 +281,11 @@ impl WorkerActorState {
             return;
         }
         if matches!(self.state, WorkerState::Stopping | WorkerState::Exited(_)) {
-            let _ = call.reply.send(Err(self.unavailable()));
+            // Nothing is sent to a process that is going or gone: the
+            // request did not run, and may go to another worker.
+            let _ = call.reply.send(Err(WorkerError::NotDelivered {
+                worker_id: self.worker_id.clone(),
+            }));
             return;
         }
         self.next_id += 1;
@@ -496,12 +500,6 @@ impl WorkerActorState {
             pid: self.process.pid(),
             exit,
             stderr_tail: self.process.stderr_tail().snapshot(),
-        }
-    }
-
-    fn unavailable(&self) -> WorkerError {
-        WorkerError::Unavailable {
-            worker_id: self.worker_id.clone(),
         }
     }
 

@@ -146,9 +146,12 @@ impl WorkerHandle {
             timeout: options.timeout,
             reply: reply.into(),
         };
+        // An actor that is gone never saw the request: it did not run.
         self.actor
             .send_message(WorkerMsg(Inner::Call(Box::new(call))))
-            .map_err(|_| self.unavailable())?;
+            .map_err(|_| WorkerError::NotDelivered {
+                worker_id: self.worker_id.to_string(),
+            })?;
         Ok(answer)
     }
 
