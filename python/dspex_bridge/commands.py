@@ -23,6 +23,8 @@ from .errors import (
     ProgramNotFound,
     SignatureError,
 )
+from .requests import MAX_REQUEST_ID, ReplySlot
+from .requests import current_request as current_request  # for handlers and engines
 from .signatures import (
     FieldSpec,
     SignatureSpec,
@@ -67,17 +69,26 @@ class ServerHooks(Protocol):
 
     def dspy_loaded(self) -> bool: ...
 
+    def cancel_request(self, request_id: int, by: int) -> bool: ...
+
 
 # --- state ------------------------------------------------------------------------------
 
 
 class Stats:
-    """Request counters, guarded by one lock."""
+    """Request counters, guarded by one lock.
+
+    ``in_flight`` counts dispatched requests whose handler has not finished (queued ones
+    included); ``unanswered`` those not answered yet. They differ for a request answered by
+    its deadline or by ``cancel`` while its handler still runs (its late result is then
+    discarded and counted in ``late_results``).
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.idle = threading.Condition(self.lock)
         self.in_flight = 0
+        self.unanswered = 0
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -87,6 +98,9 @@ class Stats:
         self.protocol_errors = 0
         self.no_reply = 0
         self.executions = 0
+        self.deadline_exceeded = 0
+        self.cancelled = 0
+        self.late_results = 0
         self.max_in_flight = self.in_flight
         self.by_command: dict[str, int] = {}
         self.errors_by_kind: dict[str, int] = {}
@@ -99,12 +113,14 @@ class Stats:
         with self.lock:
             self.requests += 1
             self.in_flight += 1
+            self.unanswered += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.by_command[command] = self.by_command.get(command, 0) + 1
 
-    def finished(self, error_kind: str | None, *, replied: bool = True) -> None:
+    def answered(self, error_kind: str | None, *, replied: bool = True) -> None:
+        """A dispatched request was answered (``replied=False``: closed without a reply)."""
         with self.lock:
-            self.in_flight -= 1
+            self.unanswered -= 1
             if not replied:
                 self.no_reply += 1
             elif error_kind is None:
@@ -112,8 +128,22 @@ class Stats:
             else:
                 self.errors += 1
                 self.errors_by_kind[error_kind] = self.errors_by_kind.get(error_kind, 0) + 1
-            if self.in_flight == 0:
+                if error_kind == "DeadlineExceeded":
+                    self.deadline_exceeded += 1
+                elif error_kind == "Cancelled":
+                    self.cancelled += 1
+            if self.unanswered == 0:
                 self.idle.notify_all()
+
+    def finished(self) -> None:
+        """A dispatched request's handler finished (or was skipped)."""
+        with self.lock:
+            self.in_flight -= 1
+
+    def late_result(self) -> None:
+        """A handler's result was discarded: its request had been answered already."""
+        with self.lock:
+            self.late_results += 1
 
     def rejected(self, error_kind: str) -> None:
         """A request answered with an error before it was dispatched."""
@@ -128,9 +158,14 @@ class Stats:
             self.executions += 1
 
     def wait_idle(self, timeout: float) -> bool:
+        """Wait until every dispatched request has been answered; False on timeout.
+
+        Handlers still running for requests answered by their deadline or by ``cancel`` are
+        not waited for: their results would be discarded anyway.
+        """
         end = time.monotonic() + timeout
         with self.lock:
-            while self.in_flight > 0:
+            while self.unanswered > 0:
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
@@ -146,8 +181,12 @@ class Stats:
                 "protocol_errors": self.protocol_errors,
                 "no_reply": self.no_reply,
                 "in_flight": self.in_flight,
+                "unanswered": self.unanswered,
                 "max_in_flight": self.max_in_flight,
                 "executions": self.executions,
+                "deadline_exceeded": self.deadline_exceeded,
+                "cancelled": self.cancelled,
+                "late_results": self.late_results,
                 "by_command": dict(self.by_command),
                 "errors_by_kind": dict(self.errors_by_kind),
             }
@@ -181,7 +220,7 @@ class Program:
 
 
 class WorkerState:
-    """Everything the commands share: programs, the default LM, counters."""
+    """Everything the commands share: programs, the default and the named LMs, counters."""
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
@@ -191,6 +230,7 @@ class WorkerState:
         self.programs: dict[str, Program] = {}
         self.lm: lm_mod.LmHandle | None = None
         self.lm_cache = lm_mod.LmCache()
+        self.named_lms = lm_mod.NamedLms()
         self.stats = Stats()
 
     def uptime(self) -> float:
@@ -199,7 +239,11 @@ class WorkerState:
 
 @dataclass
 class Context:
-    """One request as a handler sees it."""
+    """One request as a handler sees it.
+
+    ``slot`` is the request's reply slot: its ``deadline`` and ``abandoned`` event are what
+    cooperative code looks at (the same slot is ``current_request()`` in the handler thread).
+    """
 
     request_id: int
     command: str
@@ -207,6 +251,7 @@ class Context:
     server: ServerHooks
     session_id: str | None = None
     deadline: float | None = None
+    slot: ReplySlot | None = None
     after: list[Callable[[], None]] = field(default_factory=list)
 
     def after_reply(self, action: Callable[[], None]) -> None:
@@ -214,10 +259,21 @@ class Context:
         self.after.append(action)
 
     def check_deadline(self) -> None:
+        """Raise if the request was abandoned or its deadline has passed."""
+        slot = self.slot
+        if slot is not None and slot.abandoned.is_set():
+            raise slot.abandon_error()
         if self.deadline is not None and time.monotonic() > self.deadline:
+            started = slot is not None and slot.started
+            late_ms = round((time.monotonic() - self.deadline) * 1000, 3)
+            details: dict[str, Any] = {"late_ms": late_ms, "started": started}
+            if slot is not None:
+                details.update(deadline_ms=slot.deadline_ms, elapsed_ms=slot.elapsed_ms())
             raise DeadlineExceeded(
-                "the request deadline passed before it could run",
-                {"late_ms": round((time.monotonic() - self.deadline) * 1000, 3)},
+                "the request deadline passed before the LM call"
+                if started
+                else "the request deadline passed before it could run",
+                details,
             )
 
 
@@ -386,8 +442,16 @@ def ping(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure_lm(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    config = lm_mod.parse_lm_config(args)
+    """Set the default LM, or with ``lm_id`` register a named LM (the default stays)."""
+    config = lm_mod.parse_lm_config({k: v for k, v in args.items() if k != "lm_id"})
+    lm_id = args.get("lm_id")
+    if lm_id is not None:
+        lm_id = lm_mod.check_lm_id(lm_id)
     handle = lm_mod.build_lm(config)
+    if lm_id is not None:
+        ctx.state.named_lms.put(lm_id, handle)
+        log.info("configured LM %s as lm_id %r", config.model, lm_id)
+        return {"status": "configured", "model": config.model, "lm_id": lm_id}
     with ctx.state.lock:
         ctx.state.lm = handle
     log.info("configured LM %s", config.model)
@@ -521,6 +585,35 @@ def _lm_failure(exc: BaseException) -> LmError | None:
     return None
 
 
+def _resolve_lm(ctx: Context, args: dict[str, Any], program_id: str) -> lm_mod.LmHandle:
+    """The LM of an execution: a named one (``lm_id``), an inline ``lm``, or the default."""
+    override = args.get("lm")
+    lm_id = args.get("lm_id")
+    if lm_id is not None:
+        if override is not None:
+            raise InvalidArguments("pass either 'lm' or 'lm_id', not both", {"field": "lm_id"})
+        lm_id = lm_mod.check_lm_id(lm_id)
+        named = ctx.state.named_lms.get(lm_id)
+        if named is None:
+            raise LmNotConfigured(
+                f"no LM {lm_id!r} on this worker: send configure_lm with this lm_id first",
+                {"lm_id": lm_id, "reason": "unknown_lm_id", "program_id": program_id},
+            )
+        return named
+    handle: lm_mod.LmHandle | None
+    if override is not None:
+        handle = ctx.state.lm_cache.get(lm_mod.parse_lm_config(override))
+    else:
+        with ctx.state.lock:
+            handle = ctx.state.lm
+    if handle is None:
+        raise LmNotConfigured(
+            "no LM configured: send configure_lm first or pass 'lm' with the request",
+            {"program_id": program_id},
+        )
+    return handle
+
+
 def execute_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     import dspy
 
@@ -536,18 +629,7 @@ def execute_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(inputs, dict):
         raise InvalidArguments("'inputs' must be a map", {"field": "inputs"})
     checked = _check_inputs(program.spec, inputs)
-    override = args.get("lm")
-    handle: lm_mod.LmHandle | None
-    if override is not None:
-        handle = ctx.state.lm_cache.get(lm_mod.parse_lm_config(override))
-    else:
-        with ctx.state.lock:
-            handle = ctx.state.lm
-    if handle is None:
-        raise LmNotConfigured(
-            "no LM configured: send configure_lm first or pass 'lm' with the request",
-            {"program_id": program_id},
-        )
+    handle = _resolve_lm(ctx, args, program_id)
     ctx.check_deadline()
     module = _make_module(program)
     try:
@@ -621,6 +703,7 @@ def get_stats(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "executions": snap["executions"],
         "memory": _rss(),
         "lm": model,
+        "named_lms": len(state.named_lms),
         "dspy_loaded": ctx.server.dspy_loaded(),
         "max_concurrency": ctx.server.max_concurrency,
         "threads": threading.active_count(),
@@ -632,8 +715,24 @@ def reset_state(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         cleared = len(ctx.state.programs)
         ctx.state.programs.clear()
     ctx.state.lm_cache.clear()
+    ctx.state.named_lms.clear()
     ctx.state.stats.reset()
     return {"status": "reset", "programs_cleared": cleared}
+
+
+def cancel(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Answer a pending request ``Cancelled`` (before this reply); served inline.
+
+    ``{"cancelled": false}`` when ``request_id`` had been answered already or is unknown.
+    """
+    target = args.get("request_id")
+    if not isinstance(target, int) or isinstance(target, bool) or not 0 < target <= MAX_REQUEST_ID:
+        raise InvalidArguments(
+            "'request_id' must be a request id (an integer > 0)", {"field": "request_id"}
+        )
+    cancelled = ctx.server.cancel_request(target, ctx.request_id)
+    log.debug("cancel %d by request %d: %s", target, ctx.request_id, cancelled)
+    return {"cancelled": cancelled}
 
 
 def shutdown(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
@@ -644,6 +743,8 @@ def shutdown(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 def default_registry() -> Registry:
     registry = Registry()
     registry.register("ping", ping, inline=True)
+    # Inline: served on the reader thread, so it works while every request thread is busy.
+    registry.register("cancel", cancel, inline=True)
     registry.register("configure_lm", configure_lm, needs_dspy=True)
     registry.register("create_program", create_program, needs_dspy=True)
     registry.register("execute_program", execute_program, needs_dspy=True)

@@ -3,13 +3,16 @@
 Every failure reply carries ``{"kind", "message", "traceback", "details"}`` (see
 ``shared/design/protocol.md``). ``kind`` is a stable word the Rust side matches on; the
 classes below are the only way handlers produce one. Any other exception escaping a handler
-becomes ``PythonException`` with the exception's class name in ``details["exception"]``.
+becomes ``PythonException`` with the exception's class name in ``details["exception"]``; its
+message and traceback pass through ``logs.redact`` (no LM secret is ever echoed).
 """
 
 from __future__ import annotations
 
 import traceback as _traceback
 from typing import Any
+
+from .logs import redact
 
 KINDS: tuple[str, ...] = (
     "UnknownCommand",
@@ -19,6 +22,7 @@ KINDS: tuple[str, ...] = (
     "LmNotConfigured",
     "LmError",
     "DeadlineExceeded",
+    "Cancelled",
     "PythonException",
     "ProtocolError",
 )
@@ -79,6 +83,12 @@ class DeadlineExceeded(BridgeError):
     kind = "DeadlineExceeded"
 
 
+class Cancelled(BridgeError):
+    """The request was answered by a ``cancel`` command before its handler finished."""
+
+    kind = "Cancelled"
+
+
 class ProtocolError(BridgeError):
     kind = "ProtocolError"
 
@@ -91,9 +101,9 @@ def from_exception(exc: BaseException) -> dict[str, Any]:
     """The wire ``error`` map for any exception raised while handling a request."""
     if isinstance(exc, BridgeError):
         return exc.to_wire()
-    tb = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = redact("".join(_traceback.format_exception(type(exc), exc, exc.__traceback__)))
     return PythonException(
-        str(exc) or type(exc).__name__,
+        redact(str(exc)) or type(exc).__name__,
         {"exception": type(exc).__name__},
         traceback=tb,
     ).to_wire()

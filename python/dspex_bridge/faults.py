@@ -7,11 +7,14 @@ commands"). Arguments:
 command                  args                                       reply
 =======================  =========================================  ==========================
 echo                     any map                                    the args
-sleep                    ``ms`` (number, default 0)                 ``{"slept_ms"}``
+sleep                    ``ms`` (number, default 0); ends early     ``{"slept_ms"}``
+                         when the request is abandoned
 exit                     ``code`` (int 0-255, default 0)            none: ``os._exit(code)``
 kill_self                ``signal`` (int or name, default SIGKILL)  ``{"signal", "alive"}`` if
                                                                     the process survives
-hang                     ``busy`` (bool, default false: sleep)      never
+hang                     ``busy`` (bool, default false: sleep),     never (a deadline still
+                         ``gil`` (bool, default false): hold the    answers it, except with
+                         GIL for ever, nothing else runs again      ``gil``)
 raise                    ``exception`` (builtin class name from     ``PythonException``
                          ``RAISABLE``, default RuntimeError),
                          ``message``
@@ -32,6 +35,7 @@ import builtins
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +46,7 @@ from typing import Any
 from .commands import Context, NoReply, Registry
 from .errors import InvalidArguments
 from .protocol import HEADER, frame
+from .requests import cooperative_sleep
 
 log = logging.getLogger("dspex_bridge.faults")
 
@@ -71,6 +76,10 @@ SPAM_LIMIT: int = 1024 * 1024 * 1024
 # One write per chunk of whole lines, at most PIPE_BUF, so a line is never split by
 # another writer.
 SPAM_CHUNK: int = 4096
+# Catastrophic backtracking: about 2**64 steps inside the C regex engine, which never
+# releases the GIL (nor runs signal handlers off the main thread).
+GIL_HOG_PATTERN = r"(a+)+$"
+GIL_HOG_SUBJECT = "a" * 64 + "b"
 
 _children: list[subprocess.Popen[bytes]] = []
 _children_lock = threading.Lock()
@@ -96,7 +105,8 @@ def sleep(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     ok = isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms)
     if not ok or not 0 <= ms <= 86_400_000:
         raise InvalidArguments("'ms' must be a number of milliseconds >= 0", {"field": "ms"})
-    time.sleep(ms / 1000.0)
+    # Abandonment (deadline or cancel) ends it early; the reply is discarded then anyway.
+    cooperative_sleep(ms / 1000.0)
     return {"slept_ms": ms}
 
 
@@ -134,8 +144,18 @@ def kill_self(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def hang(ctx: Context, args: dict[str, Any]) -> Any:
+    """Never reply; ``gil``: hold the GIL for ever, so no other thread runs again.
+
+    Without ``gil`` the rest of the worker keeps serving (and a deadline answers the request
+    ``DeadlineExceeded``); the hung thread never notices abandonment. With ``gil`` the
+    interpreter is truly hung: no reader, no deadline scheduler, no Python signal handler.
+    """
     busy = bool(args.get("busy", False))
-    log.warning("fault: hanging on request %d (busy=%s)", ctx.request_id, busy)
+    gil = bool(args.get("gil", False))
+    log.warning("fault: hanging on request %d (busy=%s, gil=%s)", ctx.request_id, busy, gil)
+    if gil:
+        pattern = re.compile(GIL_HOG_PATTERN)
+        pattern.match(GIL_HOG_SUBJECT)
     if busy:
         while True:
             pass

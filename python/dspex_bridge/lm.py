@@ -18,12 +18,21 @@ in that adapter's format, deterministically from the signature and the input val
   and confidence scores fit), bool → ``n`` odd, literal/enum → member ``n % len``,
   arrays → two items, maps → keys ``k0``/``k1`` (or the declared properties),
   ``anyOf`` with null → the non-null branch; ``n`` is derived from ``h`` and the value's path;
-* ``latency_ms`` sleeps before answering (simulated latency);
+* ``latency_ms`` sleeps before answering (simulated latency); under a request with a
+  deadline the sleep ends at the deadline, or when the request is abandoned (answered by
+  its deadline or cancelled), and the engine raises instead of answering: that result would
+  be discarded anyway, and the thread is free again at once;
 * both DSPy adapters are understood: ChatAdapter (``[[ ## field ## ]]`` sections) and
   JSONAdapter (a JSON object, also used when a ``response_format`` is requested);
 * ``fail_fields`` (test aid) makes the named output fields unusable so the adapter fails.
 
 Same inputs give the same outputs; nothing leaves the process.
+
+Any other model is built as ``deadline_lm.DeadlineLM`` (a ``dspy.LM``) that gives each LM
+call of a request with a deadline the remaining time as its ``timeout``.
+
+Every string option of a configuration is registered with ``logs.register_secrets`` before
+anything else happens to it, so no log line ever carries an API key.
 """
 
 from __future__ import annotations
@@ -34,17 +43,23 @@ import logging
 import math
 import re
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidArguments
+from .logs import redact, register_secrets
+from .requests import cooperative_sleep
 
 log = logging.getLogger("dspex_bridge.lm")
 
 DUMMY_MODEL = "dummy"
 LM_CACHE_SIZE = 16
+NAMED_LM_LIMIT = 64
+MAX_LM_ID = 128
+# Top-level LM config keys whose string values are not secrets (every other string is).
+_NOT_SECRET = frozenset({"model", "model_type", "engine", "seed", "fail_fields"})
+_MAX_SECRET_DEPTH = 32
 
 _HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]")
 _LISTED_FIELD = re.compile(r"^\d+\. `(\w+)`", re.MULTILINE)
@@ -118,8 +133,41 @@ class LmConfig:
         )
 
 
+def _strings(value: Any, out: list[str], depth: int = 0) -> None:
+    if depth > _MAX_SECRET_DEPTH:
+        return
+    if isinstance(value, str):
+        out.append(value)
+        # "Bearer <token>": the token alone is a secret too.
+        out.extend(part for part in value.split() if part != value and len(part) >= 8)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _strings(item, out, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _strings(item, out, depth + 1)
+
+
+def config_secrets(raw: Any) -> list[str]:
+    """The string values of an LM config that must never be logged (all but the model's)."""
+    found: list[str] = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if key not in _NOT_SECRET:
+                _strings(value, found)
+    return found
+
+
+def register_config_secrets(raw: Any) -> None:
+    register_secrets(config_secrets(raw))
+
+
 def parse_lm_config(raw: Any) -> LmConfig:
-    """Validate a ``configure_lm`` argument map; raises ``InvalidArguments``."""
+    """Validate a ``configure_lm`` argument map; raises ``InvalidArguments``.
+
+    Its secrets are registered for redaction first, valid or not.
+    """
+    register_config_secrets(raw)
     if not isinstance(raw, dict):
         raise InvalidArguments(f"LM config must be a map, got {type(raw).__name__}")
     model = raw.get("model")
@@ -231,7 +279,11 @@ class LmHandle:
 
 
 def build_lm(config: LmConfig) -> LmHandle:
-    """Construct the ``dspy.LM`` for ``config`` (never calls it)."""
+    """Construct the ``dspy.LM`` for ``config`` (never calls it).
+
+    A real model is a ``DeadlineLM``: each of its calls made for a request with a deadline
+    gets the remaining time as its ``timeout``.
+    """
     import dspy
 
     try:
@@ -247,10 +299,12 @@ def build_lm(config: LmConfig) -> LmHandle:
                 **options,
             )
         else:
-            lm = dspy.LM(config.model, **config.options)
+            from .deadline_lm import DeadlineLM
+
+            lm = DeadlineLM(config.model, **config.options)
     except (ValueError, TypeError) as exc:
         raise InvalidArguments(
-            f"invalid LM config for {config.model!r}: {exc}",
+            redact(f"invalid LM config for {config.model!r}: {exc}"),
             {"model": config.model, "exception": type(exc).__name__},
         ) from exc
     return LmHandle(config=config, lm=lm)
@@ -281,6 +335,65 @@ class LmCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+def check_lm_id(value: Any) -> str:
+    """A valid ``lm_id``: a non-empty string of at most ``MAX_LM_ID`` characters."""
+    if not isinstance(value, str) or not value or len(value) > MAX_LM_ID:
+        raise InvalidArguments(
+            f"'lm_id' must be a non-empty string of at most {MAX_LM_ID} characters",
+            {"field": "lm_id"},
+        )
+    return value
+
+
+class NamedLms:
+    """LMs the host configured once under an ``lm_id`` (``configure_lm``); an LRU.
+
+    The host sends an LM's API key once (``configure_lm`` with ``lm_id``) and then only the
+    id with each ``execute_program``. When more than ``size`` ids are registered the least
+    recently used one is evicted (and logged); the host learns it from ``LmNotConfigured``
+    (``details.reason == "unknown_lm_id"``) and configures it again.
+    """
+
+    def __init__(self, size: int = NAMED_LM_LIMIT) -> None:
+        self._size = size
+        self._items: OrderedDict[str, LmHandle] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, lm_id: str, handle: LmHandle) -> None:
+        with self._lock:
+            self._items[lm_id] = handle
+            self._items.move_to_end(lm_id)
+            evicted: list[tuple[str, str]] = []
+            while len(self._items) > self._size:
+                old_id, old = self._items.popitem(last=False)
+                evicted.append((old_id, old.model))
+        for old_id, model in evicted:
+            log.info(
+                "named LM registry full (%d): evicted lm_id %r (%s)", self._size, old_id, model
+            )
+
+    def get(self, lm_id: str) -> LmHandle | None:
+        with self._lock:
+            handle = self._items.get(lm_id)
+            if handle is not None:
+                self._items.move_to_end(lm_id)
+            return handle
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> int:
+        with self._lock:
+            count = len(self._items)
+            self._items.clear()
+            return count
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
 
 # --- the dummy engine -------------------------------------------------------------------
@@ -519,7 +632,8 @@ class DummyEngine:
         from dspy.lm15 import Message, Response, TextPart, Usage
 
         if self.latency_ms > 0:
-            time.sleep(self.latency_ms / 1000.0)
+            # Ends early (and raises) at the current request's deadline or abandonment.
+            cooperative_sleep(self.latency_ms / 1000.0)
         system = request.system
         if system is None:
             system_text = ""

@@ -1,15 +1,81 @@
-"""stderr logging: one line per record, tagged with the worker id and pid."""
+"""stderr logging: one line per record, tagged with the worker id and pid, secrets redacted.
+
+Every string option of an LM configuration (``api_key``, ``api_base``, headers, any extra
+option; see ``lm.register_config_secrets``) is registered here before the configuration is
+even validated, and every log line the worker writes, from any logger and at any level, has
+each registered value replaced by ``[REDACTED]`` on its way out.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import traceback
+from collections import OrderedDict
+from collections.abc import Iterable
 from types import TracebackType
 
 LOG_FORMAT = "%(asctime)s %(levelname)s dspex[{worker_id} pid=%(process)d] %(name)s: %(message)s"
+REDACTED = "[REDACTED]"
+# Shorter values are not secrets worth the damage redacting them would do to every line.
+MIN_SECRET_LEN = 4
+MAX_SECRETS = 1024
+
+
+class Secrets:
+    """The most recent ``MAX_SECRETS`` secret strings, and one regex matching any of them."""
+
+    def __init__(self, limit: int = MAX_SECRETS) -> None:
+        self._limit = limit
+        self._values: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, values: Iterable[str]) -> None:
+        with self._lock:
+            changed = False
+            for value in values:
+                if len(value) < MIN_SECRET_LEN:
+                    continue
+                if value in self._values:
+                    self._values.move_to_end(value)
+                    continue
+                self._values[value] = None
+                changed = True
+            while len(self._values) > self._limit:
+                self._values.popitem(last=False)
+                changed = True
+            if changed:
+                # Longest first, so a secret containing another is replaced whole.
+                ordered = sorted(self._values, key=len, reverse=True)
+                self._pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+    def redact(self, text: str) -> str:
+        pattern = self._pattern
+        if pattern is None:
+            return text
+        return pattern.sub(REDACTED, text)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+            self._pattern = None
+
+
+SECRETS = Secrets()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Never let these strings reach a log line (or an error message built by ``redact``)."""
+    SECRETS.add(values)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[REDACTED]``."""
+    return SECRETS.redact(text)
 
 
 class OneLineHandler(logging.Handler):
@@ -21,7 +87,7 @@ class OneLineHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = self.format(record)
+            text = redact(self.format(record))
             line = text.replace("\r", "\\r").replace("\n", "\\n") + "\n"
             data = line.encode("utf-8", "backslashreplace")
             view = memoryview(data)

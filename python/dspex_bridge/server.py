@@ -23,11 +23,13 @@ from . import protocol
 from .commands import Command, Context, NoReply, Registry, WorkerState, default_registry
 from .errors import InvalidArguments, ProtocolError, UnknownCommand, from_exception
 from .logs import setup_logging
+from .requests import MAX_REQUEST_ID, ReplySlot, RequestTable, bind
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# The Protocol 2 features this worker implements (shared/design/protocol.md).
+FEATURES: tuple[str, ...] = ("deadline", "cancel")
 DEFAULT_MAX_CONCURRENCY = 16
 EOF_GRACE_S = 0.5
-MAX_REQUEST_ID = (1 << 64) - 1
 
 log = logging.getLogger("dspex_bridge.server")
 
@@ -118,6 +120,7 @@ class Server:
         self.reader = protocol.FrameReader(in_fd, options.max_frame)
         self.writer = protocol.FrameWriter(proto_fd, options.max_frame)
         self.state = WorkerState(options.worker_id)
+        self.requests = RequestTable(self.send, self._answered)
         self.executor = ThreadPoolExecutor(
             max_workers=options.max_concurrency, thread_name_prefix="dspex-req"
         )
@@ -145,8 +148,11 @@ class Server:
             sys.stdout.flush()
         os._exit(code)
 
+    def cancel_request(self, request_id: int, by: int) -> bool:
+        return self.requests.cancel(request_id, by)
+
     def shutdown(self, code: int) -> None:
-        """Give in-flight requests a short grace, then exit."""
+        """Give unanswered requests a short grace, then exit."""
         self.state.stats.wait_idle(EOF_GRACE_S)
         log.info("shutting down (exit %d)", code)
         self.exit_now(code)
@@ -172,6 +178,7 @@ class Server:
             "result": {
                 "event": "ready",
                 "protocol": PROTOCOL_VERSION,
+                "features": list(FEATURES),
                 "worker_id": self.state.worker_id,
                 "pid": self.state.pid,
                 "python": platform.python_version(),
@@ -207,7 +214,7 @@ class Server:
             log.warning("end of input ignored (fault ignore_shutdown)")
             threading.Event().wait()
         drained = self.state.stats.wait_idle(EOF_GRACE_S)
-        log.info("end of input; exiting (%s)", "idle" if drained else "abandoning in-flight work")
+        log.info("end of input; exiting (%s)", "idle" if drained else "abandoning unanswered work")
         self.exit_now(0)
 
     def protocol_error(self, message: str, details: dict[str, Any]) -> None:
@@ -252,7 +259,7 @@ class Server:
             )
             return
         try:
-            args, session_id, deadline = self._envelope(message, received)
+            args, session_id, deadline_ms = self._envelope(message)
         except InvalidArguments as exc:
             self.reject(request_id, exc)
             return
@@ -266,24 +273,32 @@ class Server:
                 ),
             )
             return
+        self.state.stats.started(command)
+        # Inline commands answer before the next frame is read: nothing can cancel them, and
+        # their deadline is only checked before they run.
+        slot = self.requests.open(request_id, command, received, deadline_ms, track=not cmd.inline)
         ctx = Context(
             request_id=request_id,
             command=command,
             state=self.state,
             server=self,
             session_id=session_id,
-            deadline=deadline,
+            deadline=slot.deadline,
+            slot=slot,
         )
-        self.state.stats.started(command)
-        if cmd.inline:
+        if deadline_ms == 0:  # already expired: answered at once, never run
+            slot.expire()
+            self.state.stats.finished()
+        elif cmd.inline:
             self.execute(cmd, ctx, args)
         else:
             self.executor.submit(self.execute, cmd, ctx, args)
 
+    def _answered(self, slot: ReplySlot, kind: str | None, replied: bool) -> None:
+        self.state.stats.answered(kind, replied=replied)
+
     @staticmethod
-    def _envelope(
-        message: dict[str, Any], received: float
-    ) -> tuple[dict[str, Any], str | None, float | None]:
+    def _envelope(message: dict[str, Any]) -> tuple[dict[str, Any], str | None, float | None]:
         args = message.get("args")
         if args is None:
             args = {}
@@ -293,45 +308,89 @@ class Server:
         if session_id is not None and not isinstance(session_id, str):
             raise InvalidArguments("'session_id' must be a string", {"field": "session_id"})
         deadline_ms = message.get("deadline_ms")
-        deadline: float | None = None
         if deadline_ms is not None:
             ok = isinstance(deadline_ms, (int, float)) and not isinstance(deadline_ms, bool)
             if not ok or not math.isfinite(deadline_ms) or deadline_ms < 0:
                 raise InvalidArguments(
                     "'deadline_ms' must be a non-negative number", {"field": "deadline_ms"}
                 )
-            deadline = received + deadline_ms / 1000.0
-        return args, session_id, deadline
+        return args, session_id, deadline_ms
 
     def execute(self, cmd: Command, ctx: Context, args: dict[str, Any]) -> None:
-        reply: dict[str, Any] | None = None
-        error_kind: str | None = None
+        """Run a handler and answer through its slot (unless the slot was answered first)."""
+        slot = ctx.slot
+        assert slot is not None
+        delivered = False
         try:
-            ctx.check_deadline()
-            if cmd.needs_dspy:
-                self.ensure_dspy()
-            result = cmd.handler(ctx, args)
-            reply = {"id": ctx.request_id, "ok": True, "result": result}
-        except NoReply:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - every request gets exactly one reply
-            wire = from_exception(exc)
-            error_kind = wire["kind"]
-            if error_kind == "PythonException":
-                log.error(
-                    "request %d (%s) raised %s: %s",
-                    ctx.request_id,
+            if slot.expired():
+                # The deadline passed while the request was queued (and the scheduler has
+                # not answered it yet): DeadlineExceeded, without running it.
+                slot.expire()
+                return
+            if not slot.begin():
+                log.debug(
+                    "request %d (%s) was answered (%s) before it started; not running it",
+                    slot.request_id,
                     cmd.name,
-                    type(exc).__name__,
-                    exc,
+                    slot.answered_by,
                 )
-            reply = {"id": ctx.request_id, "ok": False, "error": wire}
+                return
+            message: dict[str, Any] | None = None
+            with bind(slot):
+                try:
+                    if cmd.needs_dspy:
+                        self.ensure_dspy()
+                    result = cmd.handler(ctx, args)
+                    message = {"id": ctx.request_id, "ok": True, "result": result}
+                except NoReply:
+                    message = None
+                except BaseException as exc:  # noqa: BLE001 - every request gets exactly one reply
+                    wire = from_exception(exc)
+                    if wire["kind"] == "PythonException" and not slot.abandoned.is_set():
+                        log.error(
+                            "request %d (%s) raised %s: %s",
+                            ctx.request_id,
+                            cmd.name,
+                            type(exc).__name__,
+                            wire["message"],
+                        )
+                    message = {"id": ctx.request_id, "ok": False, "error": wire}
+            delivered = self.deliver(slot, message)
         finally:
-            if reply is not None:
-                self.send(reply)
-            self.state.stats.finished(error_kind, replied=reply is not None)
-        for action in ctx.after:
-            action()
+            self.state.stats.finished()
+        if delivered:
+            for action in ctx.after:
+                action()
+
+    def deliver(self, slot: ReplySlot, message: dict[str, Any] | None) -> bool:
+        """Answer with a handler's outcome; False (and counted) if it came too late.
+
+        A handler that finishes after its deadline has passed is answered
+        ``DeadlineExceeded`` even if the scheduler has not got round to it yet: the answer
+        to a request never depends on which of the two threads ran first.
+        """
+        if message is None:  # NoReply: the handler deliberately sends nothing
+            return slot.answer(None)
+        if not slot.answered and slot.expired() and not _is_deadline_error(message):
+            slot.expire()
+        if slot.answer(message):
+            return True
+        self.state.stats.late_result()
+        error = message.get("error")
+        log.debug(
+            "request %d (%s): discarding the late %s (answered by %s after %.1f ms)",
+            slot.request_id,
+            slot.command,
+            error.get("kind") if isinstance(error, dict) else "result",
+            slot.answered_by,
+            slot.elapsed_ms(),
+        )
+        return False
+
+
+def _is_deadline_error(message: dict[str, Any]) -> bool:
+    error = message.get("error")
+    return isinstance(error, dict) and error.get("kind") == "DeadlineExceeded"
 
 
 def _install_signal_handlers() -> None:

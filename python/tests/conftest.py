@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import itertools
+import json
 import os
 import queue
 import signal
@@ -61,6 +63,8 @@ class Worker:
         self.pending: dict[int, dict[str, Any]] = {}
         self.stderr_lines: list[str] = []
         self.stderr_bytes = 0
+        # Needles counted on every stderr line, even lines later trimmed from stderr_lines.
+        self.stderr_watch: dict[str, int] = {}
         self.ready: dict[str, Any] = {}
         self._stderr_cond = threading.Condition()
         self._ids = itertools.count(1)
@@ -105,6 +109,9 @@ class Worker:
         for raw in self.proc.stderr:
             line = raw.decode("utf-8", "replace")
             with self._stderr_cond:
+                for needle in self.stderr_watch:
+                    if needle in line:
+                        self.stderr_watch[needle] += 1
                 self.stderr_lines.append(line)
                 self.stderr_bytes += len(raw)
                 if len(self.stderr_lines) > 20000:
@@ -223,6 +230,30 @@ class Worker:
         with self._stderr_cond:
             return "".join(self.stderr_lines)
 
+    def watch_stderr(self, needle: str) -> None:
+        """Count ``needle`` on every stderr line from now on (see ``stderr_watch``)."""
+        with self._stderr_cond:
+            self.stderr_watch.setdefault(needle, 0)
+
+    def sync_stderr(self) -> None:
+        """Wait until every stderr line the worker wrote before this call has been read."""
+        marker = f"dspex-sync-{self.next_id()}-{time.monotonic_ns()}"
+        self.call("print_to_stdout", {"text": marker})
+        self.wait_stderr(f"{marker} (fd 1)")
+
+    def wait_stats(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = DEFAULT_TIMEOUT
+    ) -> dict[str, Any]:
+        """Poll ``get_stats``'s ``requests`` map until ``predicate`` holds (or fail)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            requests = self.call("get_stats")["requests"]
+            if predicate(requests):
+                return requests
+            if time.monotonic() > deadline:
+                raise AssertionError(f"stats never matched within {timeout} s: {requests}")
+            time.sleep(0.01)  # polling the worker's counters against a deadline
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -294,3 +325,82 @@ def qa_signature(**overrides: Any) -> dict[str, Any]:
     }
     signature.update(overrides)
     return signature
+
+
+class LoopbackLM:
+    """An OpenAI-compatible ``/v1/chat/completions`` server on 127.0.0.1, run by the test.
+
+    It answers in DSPy's ChatAdapter format (one ``answer`` field) after ``delay`` seconds
+    (cut short when the test ends) and records what it saw.
+    """
+
+    ANSWER = "from the loopback LM"
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.release = threading.Event()
+        self.requests: list[dict[str, Any]] = []
+        self.auth: list[str | None] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(size) or b"{}")
+                with owner.lock:
+                    owner.requests.append({"path": self.path, "body": body})
+                    owner.auth.append(self.headers.get("authorization"))
+                if owner.delay > 0:
+                    owner.release.wait(owner.delay)
+                owner.respond(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def respond(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        content = f"[[ ## answer ## ]]\n{self.ANSWER}\n\n[[ ## completed ## ]]"
+        data = json.dumps(
+            {
+                "id": "chatcmpl-loopback",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "loopback",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        ).encode()
+        try:
+            handler.send_response(200)
+            handler.send_header("content-type", "application/json")
+            handler.send_header("content-length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except OSError:
+            pass  # the client gave up (its timeout fired)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def loopback_lm() -> Iterator[LoopbackLM]:
+    server = LoopbackLM()
+    try:
+        yield server
+    finally:
+        server.close()

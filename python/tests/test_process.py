@@ -22,7 +22,8 @@ def test_handshake_is_first_frame_before_any_input(spawn: SpawnFn) -> None:
     ready = worker.ready
     assert ready == {
         "event": "ready",
-        "protocol": 1,
+        "protocol": 2,
+        "features": ["deadline", "cancel"],
         "worker_id": "w-7",
         "pid": worker.proc.pid,
         "python": platform.python_version(),  # the worker runs on this same interpreter
@@ -123,7 +124,7 @@ def test_sigterm_while_busy_exits_promptly(spawn: SpawnFn) -> None:
 
 def test_stderr_lines_carry_worker_id_and_pid(spawn: SpawnFn) -> None:
     worker = spawn(args=["--worker-id", "tagged"])
-    line = worker.wait_stderr("ready (protocol 1")
+    line = worker.wait_stderr("ready (protocol 2")
     assert f"dspex[tagged pid={worker.proc.pid}]" in line
 
 

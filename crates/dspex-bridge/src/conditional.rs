@@ -4,17 +4,20 @@
 //!
 //! ```text
 //! ConditionalSupervisor (one_for_one, no restarts of its subtree, Remain)
-//! ├─ Disabled: no children; every call fails with BridgeError::Unavailable
-//! ├─ Single:   BridgeSupervisor (one_for_one) ─ Worker, HealthMonitor
+//! ├─ Disabled: no children; every call fails with PoolError::Unavailable
+//! ├─ Single:   PoolSupervisor (rest_for_one) ─ SessionJanitor, Pool ─ one Worker, HealthMonitor
 //! └─ Pool:     PoolSupervisor (rest_for_one) ─ SessionJanitor, Pool ─ Workers, HealthMonitor
 //! ```
 //!
-//! When the subtree gives up (its own restart budget exhausted), the tree is
-//! `Failed` with the subtree's cause and stays up to report it: an embedding
-//! service observes the failure through [`ConditionalSupervisor::status`] and
-//! the events instead of its process exiting. (A single bridge escalates to
-//! the root, which enters `Failed`; a pool stays up in its own `Failed` state,
-//! which the status reports.) There is no hidden override: the mode in the status is the mode
+//! Single mode is the pool machinery with exactly one worker: the same
+//! queue bound, concurrency, sessions (`SessionLost` after a restart),
+//! program and LM tracking, health monitor, recycling and revive.
+//!
+//! When the workers' restart budget is exhausted, the pool is `Failed` with
+//! the cause and stays up to report it (and, with a revive policy, tries
+//! again later): an embedding service observes the failure through
+//! [`ConditionalSupervisor::status`] and the events instead of its process
+//! exiting. There is no hidden override: the mode in the status is the mode
 //! the configuration asked for, or `start` failed with the reason.
 
 use std::process::Command as OsCommand;
@@ -27,8 +30,7 @@ use dspex_supervision::{
 };
 use serde::Deserialize;
 
-use crate::pool::{Pool, PoolConfig, PoolState, PoolStatus};
-use crate::single::{Bridge, BridgeConfig, BridgeError, BridgeStatus};
+use crate::pool::{Pool, PoolConfig, PoolError, PoolState, PoolStatus};
 use crate::{EnvError, PythonEnv};
 
 /// Which subtree runs.
@@ -36,7 +38,7 @@ use crate::{EnvError, PythonEnv};
 pub enum Mode {
     /// No Python at all; calls fail with a clear error.
     Disabled,
-    /// One worker under a bridge supervisor.
+    /// One worker: the pool machinery with a single worker.
     Single,
     /// A pool of workers.
     Pool,
@@ -47,8 +49,9 @@ pub enum Mode {
 pub enum TreeConfig {
     /// No Python at all.
     Disabled,
-    /// One worker.
-    Single(BridgeConfig),
+    /// One worker: a pool configuration with `size` 1 and no overflow (see
+    /// [`PoolConfig::single`]).
+    Single(PoolConfig),
     /// A pool of workers.
     Pool(PoolConfig),
 }
@@ -111,11 +114,9 @@ impl std::fmt::Display for EnvironmentReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConditionalError {
-    /// The mode is not available in this version.
-    #[error(
-        "mode {0:?} is not available in this version of DSPex; use Mode::Single or Mode::Disabled"
-    )]
-    ModeUnavailable(Mode),
+    /// The configuration does not fit the mode.
+    #[error("invalid configuration for {0:?} mode: {1}")]
+    InvalidConfig(Mode, String),
     /// No interpreter could be resolved.
     #[error(transparent)]
     Environment(#[from] EnvError),
@@ -136,9 +137,8 @@ pub struct ConditionalStatus {
     pub failed: Option<String>,
     /// The environment check done at start (absent in `Disabled` mode).
     pub environment: Option<EnvironmentReport>,
-    /// The single bridge's status, in `Single` mode.
-    pub bridge: Option<BridgeStatus>,
-    /// The pool's status, in `Pool` mode.
+    /// The pool's status (its one worker in `Single` mode; absent when
+    /// `Disabled`).
     pub pool: Option<PoolStatus>,
 }
 
@@ -147,7 +147,6 @@ pub struct ConditionalStatus {
 pub struct ConditionalSupervisor {
     mode: Mode,
     root: SupervisorHandle,
-    bridge: Option<Bridge>,
     pool: Option<Pool>,
     environment: Option<EnvironmentReport>,
 }
@@ -157,10 +156,11 @@ impl ConditionalSupervisor {
     /// configuration selects.
     ///
     /// # Cancel safety
-    /// Not cancel safe once the tree has started (as [`Bridge::start`]).
+    /// Not cancel safe once the tree has started (as [`Pool::start`]).
     ///
     /// # Errors
-    /// [`ConditionalError::Environment`] or
+    /// [`ConditionalError::InvalidConfig`] for a single mode with more than
+    /// one worker; [`ConditionalError::Environment`] or
     /// [`ConditionalError::EnvironmentCheck`] (with the report) when Python
     /// cannot run workers; [`ConditionalError::Start`].
     pub async fn start(config: TreeConfig) -> Result<Self, ConditionalError> {
@@ -184,47 +184,44 @@ impl ConditionalSupervisor {
                 return Ok(Self {
                     mode,
                     root,
-                    bridge: None,
                     pool: None,
                     environment: None,
                 });
             }
-            TreeConfig::Single(bridge) => bridge.python.clone(),
-            TreeConfig::Pool(pool) => pool.python.clone(),
+            TreeConfig::Single(pool) if pool.size != 1 || pool.max_overflow != 0 => {
+                return Err(ConditionalError::InvalidConfig(
+                    mode,
+                    format!(
+                        "single mode runs exactly one worker (size {}, max_overflow {}); use \
+                         PoolConfig::single or pool mode",
+                        pool.size, pool.max_overflow
+                    ),
+                ));
+            }
+            TreeConfig::Single(pool) | TreeConfig::Pool(pool) => pool.python.clone(),
         };
         let python = PythonEnv::resolve_async(python_config).await?;
         let report = check_environment(&python).await;
         if !report.is_ok() {
             return Err(ConditionalError::EnvironmentCheck(Box::new(report)));
         }
-        let started: Arc<Mutex<Option<Subtree>>> = Arc::default();
+        let started: Arc<Mutex<Option<Pool>>> = Arc::default();
         let slot = Arc::clone(&started);
         let child = ChildSpec::new(mode_name(mode), move |parent| {
             let config = config.clone();
             let python = python.clone();
             let slot = Arc::clone(&slot);
             async move {
-                let (subtree, cell) = match config {
-                    TreeConfig::Single(config) => {
-                        let bridge =
-                            Bridge::start_with(config, python, Some(parent), OnGiveUp::Escalate)
-                                .await
-                                .map_err(StartError::from_error)?;
-                        let cell = bridge.supervisor().cell().clone();
-                        (Subtree::Single(bridge), cell)
-                    }
-                    TreeConfig::Pool(config) => {
-                        let pool = Pool::start_linked(config, python, Some(parent))
-                            .await
-                            .map_err(StartError::from_error)?;
-                        let cell = pool.supervisor().cell().clone();
-                        (Subtree::Pool(pool), cell)
-                    }
-                    TreeConfig::Disabled => return Err(StartError::new("disabled")),
+                let (TreeConfig::Single(config) | TreeConfig::Pool(config)) = config else {
+                    return Err(StartError::new("disabled"));
                 };
+                let pool = Pool::start_linked(config, python, Some(parent))
+                    .await
+                    .map_err(StartError::from_error)?;
+                let cell = pool.supervisor().cell().clone();
                 *slot
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(subtree);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pool);
                 Ok(cell)
             }
         })
@@ -234,19 +231,13 @@ impl ConditionalSupervisor {
             .spawn()
             .await
             .map_err(|e| ConditionalError::Start(e.to_string()))?;
-        let subtree = started
+        let pool = started
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let (bridge, pool) = match subtree {
-            Some(Subtree::Single(bridge)) => (Some(bridge), None),
-            Some(Subtree::Pool(pool)) => (None, Some(pool)),
-            None => (None, None),
-        };
         Ok(Self {
             mode,
             root,
-            bridge,
             pool,
             environment: Some(report),
         })
@@ -257,12 +248,7 @@ impl ConditionalSupervisor {
         self.mode
     }
 
-    /// The single bridge, in `Single` mode.
-    pub fn bridge(&self) -> Option<&Bridge> {
-        self.bridge.as_ref()
-    }
-
-    /// The pool, in `Pool` mode.
+    /// The pool (of one worker in `Single` mode; `None` when `Disabled`).
     pub fn pool(&self) -> Option<&Pool> {
         self.pool.as_ref()
     }
@@ -272,26 +258,23 @@ impl ConditionalSupervisor {
         &self.root
     }
 
-    /// The bridge to call, or why there is none.
+    /// The pool to call, or why there is none.
     ///
     /// # Errors
-    /// [`BridgeError::Unavailable`] in another mode than `Single`, or after
-    /// the tree gave up.
-    pub fn serving_bridge(&self) -> Result<&Bridge, BridgeError> {
+    /// [`PoolError::Unavailable`] in `Disabled` mode, or after the tree gave
+    /// up.
+    pub fn serving_pool(&self) -> Result<&Pool, PoolError> {
         if let SupervisorState::Failed(cause) = self.root.status().state {
-            return Err(BridgeError::Unavailable {
+            return Err(PoolError::Unavailable {
                 cause: cause.to_string(),
+                retry_in: None,
             });
         }
-        self.bridge
-            .as_ref()
-            .ok_or_else(|| BridgeError::Unavailable {
-                cause: format!(
-                    "DSPex runs in {:?} mode (set by the configuration), which has no single \
-                     bridge",
-                    self.mode
-                ),
-            })
+        self.pool.as_ref().ok_or_else(|| PoolError::Unavailable {
+            cause: "DSPex runs in Disabled mode (set by the configuration): no Python workers"
+                .into(),
+            retry_in: None,
+        })
     }
 
     /// Why the tree serves nothing any more, once it has given up.
@@ -311,29 +294,29 @@ impl ConditionalSupervisor {
             mode: self.mode,
             failed: self.failure(),
             environment: self.environment.clone(),
-            bridge: self.bridge.as_ref().map(Bridge::status),
             pool: self.pool.as_ref().map(Pool::status),
         }
     }
 
-    /// Stops the whole tree in order and verifies no worker is left.
+    /// Shuts the whole tree down gracefully: the pool stops admitting and
+    /// lets the requests in flight finish (up to `grace`), then the tree
+    /// stops in order (within `stop_timeout`, each worker with its own
+    /// EOF → SIGTERM → SIGKILL), and no worker process is left — stragglers
+    /// are killed. Returns how many stragglers there were.
     ///
     /// # Cancel safety
-    /// The shutdown proceeds if the future is dropped.
-    pub async fn shutdown(&self, timeout: Duration) -> usize {
-        self.root.stop(timeout).await;
-        match (&self.bridge, &self.pool) {
-            (Some(bridge), _) => bridge.shutdown(timeout).await,
-            (_, Some(pool)) => pool.shutdown(timeout).await,
-            _ => 0,
+    /// The shutdown proceeds if the future is dropped after the drain.
+    pub async fn shutdown(&self, grace: Duration, stop_timeout: Duration) -> usize {
+        if let Some(pool) = &self.pool
+            && !pool.drain(grace).await
+        {
+            tracing::warn!(?grace, "shutdown: requests still in flight after the grace; stopping anyway");
         }
+        self.root.stop(stop_timeout).await;
+        self.pool
+            .as_ref()
+            .map_or(0, |pool| crate::context::kill_stragglers(pool.run_tag()))
     }
-}
-
-/// The started subtree, handed from the root's child factory to `start`.
-enum Subtree {
-    Single(Bridge),
-    Pool(Pool),
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -387,7 +370,7 @@ pub async fn check_environment(python: &PythonEnv) -> EnvironmentReport {
         Ok(output) => output,
         Err(error) => {
             report.problems.push(format!(
-                "cannot run {}: {error}; install Python 3.10+ or set DSPEX_PYTHON",
+                "cannot run {}: {error}; install Python 3.11+ or set DSPEX_PYTHON",
                 python.interpreter.display()
             ));
             return report;

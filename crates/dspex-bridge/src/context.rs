@@ -9,7 +9,7 @@ use dspex_supervision::{ChildSpec, StartError};
 use tokio::sync::broadcast;
 
 use crate::PythonEnv;
-use crate::process::{DirectSpawner, RunTag, SpawnStrategy, Watchdog, WorkerCommand};
+use crate::process::{DirectSpawner, FdLedger, RunTag, SpawnStrategy, Watchdog, WorkerCommand};
 use crate::worker::{WorkerConfig, WorkerEvent, WorkerHandle};
 
 /// What a tree is started with (the parts the single bridge and the pool
@@ -46,6 +46,8 @@ pub(crate) struct TreeContext {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) args: Vec<OsString>,
     pub(crate) events: broadcast::Sender<WorkerEvent>,
+    /// The pipes the tree opened.
+    pub(crate) fds: FdLedger,
     /// Kills the tree's processes once the host (or this context) is gone.
     pub(crate) _watchdog: Option<Watchdog>,
 }
@@ -69,7 +71,8 @@ impl TreeContext {
             }
         };
         let run_tag = RunTag::new();
-        let watchdog = Watchdog::start(&run_tag).map_err(|e| format!("watchdog: {e}"))?;
+        let fds = FdLedger::default();
+        let watchdog = Watchdog::start(&run_tag, &fds).map_err(|e| format!("watchdog: {e}"))?;
         Ok(Self {
             python: spec.python,
             spawner,
@@ -78,6 +81,7 @@ impl TreeContext {
             env: spec.env.to_vec(),
             args: spec.args.to_vec(),
             events: broadcast::channel(spec.event_capacity).0,
+            fds,
             _watchdog: Some(watchdog),
         })
     }
@@ -90,6 +94,7 @@ impl TreeContext {
             args: self.args.clone(),
             env: self.env.clone(),
             run_tag: self.run_tag.clone(),
+            fds: self.fds.clone(),
         }
     }
 

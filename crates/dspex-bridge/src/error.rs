@@ -14,11 +14,10 @@ pub enum WorkerError {
     /// The worker answered with a structured error and stays in service.
     #[error("the worker answered with an error: {0}")]
     Remote(#[from] RemoteError),
-    /// No reply within the request timeout; the worker was killed and will be
-    /// replaced, never reused.
-    #[error(
-        "worker {worker_id} did not answer within {after:?}; it was killed and will be replaced"
-    )]
+    /// No reply by the request's deadline. The worker was told the deadline
+    /// and stays in service; it is killed only if it then stays silent for
+    /// its hang grace.
+    #[error("worker {worker_id} did not answer within {after:?}")]
     RequestTimeout {
         /// The worker that timed out.
         worker_id: String,
@@ -55,8 +54,9 @@ pub enum WorkerError {
         /// The worker.
         worker_id: String,
     },
-    /// The request was refused before anything was written (for example a
-    /// payload above the maximum frame); the worker is untouched.
+    /// The request was refused before anything was written (a malformed
+    /// command name, a payload above the maximum frame); the worker is
+    /// untouched.
     #[error("request refused before sending: {0}")]
     Refused(Arc<ProtocolError>),
     /// The worker process could not be started.

@@ -12,10 +12,13 @@
 //! `i32::MAX`, so no code path can signal a real process with one.
 //!
 //! Commands: `ping`, `echo`, `sleep {ms}`, `hang`, `exit {code}`,
-//! `configure_lm`, `create_program`, `execute_program` (typed values derived
-//! from the signature and inputs), `list_programs`, `delete_program`,
+//! `configure_lm` (with `lm_id`: a named LM), `create_program`,
+//! `execute_program` (typed values derived from the signature and inputs;
+//! `lm` or `lm_id` overrides), `list_programs`, `delete_program`,
 //! `get_stats`, `reset_state`, `shutdown`; anything else is
-//! `UnknownCommand`.
+//! `UnknownCommand`. Like the real worker (Protocol 2, feature `deadline`),
+//! a request with `deadline_ms` is answered `DeadlineExceeded` at its
+//! deadline if it is not done by then.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -160,6 +163,7 @@ impl ProcessControl for FakeControl {
 #[derive(Debug, Default)]
 struct FakeState {
     lm: Option<String>,
+    named_lms: HashMap<String, String>,
     programs: HashMap<String, ProgramDefinition>,
     requests: u64,
 }
@@ -212,6 +216,7 @@ impl Fake {
                 pid: self.pid,
                 python: "fake".into(),
                 dspy: None,
+                features: vec!["deadline".into()],
             };
             let _ = replies.send(Response::ok(0, json!(ready_value(&ready))));
             let mut requests = FramedRead::new(stdin, MessageCodec::<Response, Request>::default());
@@ -228,7 +233,14 @@ impl Fake {
                 let fake = self.clone();
                 let replies = replies.clone();
                 tokio::spawn(async move {
-                    if let Some(reply) = fake.handle(request).await {
+                    let id = request.id;
+                    let reply = match request.deadline_ms.map(Duration::from_millis) {
+                        Some(deadline) => tokio::time::timeout(deadline, fake.handle(request))
+                            .await
+                            .unwrap_or_else(|_| Some(deadline_exceeded(id, deadline))),
+                        None => fake.handle(request).await,
+                    };
+                    if let Some(reply) = reply {
                         let _ = replies.send(reply);
                     }
                 });
@@ -290,6 +302,7 @@ impl Fake {
             "reset_state" => Ok(self.with_state(|s| {
                 let cleared = s.programs.len();
                 s.programs.clear();
+                s.named_lms.clear();
                 json!({"status": "reset", "programs_cleared": cleared})
             })),
             other => Err(RemoteError::new(
@@ -315,6 +328,10 @@ impl Fake {
         let Some(model) = args.get("model").and_then(Value::as_str) else {
             return Err(invalid("configure_lm needs a string `model`", "model"));
         };
+        if let Some(lm_id) = args.get("lm_id").and_then(Value::as_str) {
+            self.with_state(|s| s.named_lms.insert(lm_id.to_owned(), model.to_owned()));
+            return Ok(json!({"status": "configured", "model": model, "lm_id": lm_id}));
+        }
         self.with_state(|s| s.lm = Some(model.to_owned()));
         Ok(json!({"status": "configured", "model": model}))
     }
@@ -346,10 +363,26 @@ impl Fake {
                 format!("no program {program_id:?} on this worker"),
             ));
         };
-        let override_lm = args.get("lm").and_then(|lm| lm.get("model")).cloned();
-        let lm = override_lm
-            .and_then(|m| m.as_str().map(str::to_owned))
-            .or_else(|| self.with_state(|s| s.lm.clone()));
+        if let Some(lm_id) = args.get("lm_id").and_then(Value::as_str) {
+            if self.with_state(|s| !s.named_lms.contains_key(lm_id)) {
+                let mut error = RemoteError::new(
+                    ErrorKind::LmNotConfigured,
+                    format!("no LM registered as {lm_id:?}"),
+                );
+                error.details = Some(json!({"lm_id": lm_id, "reason": "unknown_lm_id"}));
+                return Err(error);
+            }
+        }
+        let override_lm = args
+            .get("lm")
+            .and_then(|lm| lm.get("model"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| {
+                let id = args.get("lm_id").and_then(Value::as_str)?;
+                self.with_state(|s| s.named_lms.get(id).cloned())
+            });
+        let lm = override_lm.or_else(|| self.with_state(|s| s.lm.clone()));
         let Some(model) = lm else {
             return Err(RemoteError::new(
                 ErrorKind::LmNotConfigured,
@@ -374,6 +407,15 @@ impl Fake {
             "program_id": program_id, "outputs": outputs, "duration_ms": 0.0, "model": model
         }))
     }
+}
+
+fn deadline_exceeded(id: u64, deadline: Duration) -> Response {
+    let mut error = RemoteError::new(
+        ErrorKind::DeadlineExceeded,
+        format!("the request was not done within its deadline of {deadline:?}"),
+    );
+    error.details = Some(json!({"deadline_ms": deadline.as_millis() as u64, "started": true}));
+    Response::error(id, error)
 }
 
 fn invalid(message: &str, field: &str) -> RemoteError {
@@ -466,6 +508,7 @@ mod tests {
             args: vec![],
             env: vec![],
             run_tag: RunTag::new(),
+            fds: crate::process::FdLedger::default(),
         }
     }
 

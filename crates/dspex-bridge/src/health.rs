@@ -1,13 +1,17 @@
 //! [`HealthMonitor`]: periodic pings of a worker, a health verdict, and a
 //! restart after too many consecutive failures.
 //!
-//! Every `interval` the monitor pings each worker it watches (the single
-//! bridge's worker, or a pool's ready workers), one ping in flight per worker,
-//! each in a task so the monitor's own mailbox never waits on Python.
-//! Consecutive failures of a worker move the verdict from healthy to degraded
-//! (`degraded_after`) to unhealthy (`unhealthy_after`); at `restart_after` the
-//! monitor kills that worker, whose supervisor then replaces it. A success
-//! resets its count. The verdict is the worst over the watched workers.
+//! Every `interval` the monitor pings each ready worker of its pool, one ping
+//! in flight per worker, each in a task so the monitor's own mailbox never
+//! waits on Python. A ping has its own deadline (`timeout`); a ping that
+//! misses it, or fails, is a failed check — and only that: the worker actor
+//! does not treat a late ping as a hang ([`OnHang::Report`]), so the
+//! thresholds alone decide. Consecutive failures of a worker move the
+//! verdict from healthy to degraded (`degraded_after`) to unhealthy
+//! (`unhealthy_after`); at `restart_after` the monitor has the worker
+//! replaced (killed and started again at once, outside the restart budget:
+//! it is the monitor's decision, not a crash). A success resets its count.
+//! The verdict is the worst over the watched workers.
 //! Response times of the last [`LATENCY_WINDOW`] pings are kept for the
 //! status.
 
@@ -20,7 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::worker::{CallOptions, WorkerHandle};
+use crate::worker::{CallOptions, OnHang, WorkerHandle};
 
 /// How many recent response times the statistics cover.
 pub const LATENCY_WINDOW: usize = 64;
@@ -30,14 +34,15 @@ pub const LATENCY_WINDOW: usize = 64;
 pub struct HealthConfig {
     /// Time between pings.
     pub interval: Duration,
-    /// How long one ping may take (also the worker's request timeout for it).
+    /// How long one ping may take; a ping answered later (or not at all)
+    /// is a failed check.
     pub timeout: Duration,
     /// Consecutive failures that make the worker degraded.
     pub degraded_after: u32,
     /// Consecutive failures that make the worker unhealthy.
     pub unhealthy_after: u32,
-    /// Consecutive failures after which the worker is killed and replaced
-    /// (`None`: never).
+    /// Consecutive failures after which the worker is replaced (`None`:
+    /// never).
     pub restart_after: Option<u32>,
 }
 
@@ -95,7 +100,7 @@ pub struct HealthStatus {
     pub checks: u64,
     /// Checks failed.
     pub failures: u64,
-    /// Workers killed by the monitor.
+    /// Workers the monitor had replaced.
     pub restarts: u64,
     /// Response times.
     pub latency: LatencyStats,
@@ -239,6 +244,7 @@ impl HealthState {
                     let started = Instant::now();
                     let options = CallOptions {
                         timeout: Some(timeout),
+                        on_hang: OnHang::Report,
                         ..CallOptions::default()
                     };
                     let result = match worker.call(Command::Ping, options).await {
@@ -289,7 +295,7 @@ impl HealthState {
         if let Some(error) = kill
             && let Some(worker) = self.args.workers.borrow().iter().find(|w| w.pid() == pid)
         {
-            worker.kill(format!(
+            worker.replace(format!(
                 "failed {} health checks in a row; last: {error}",
                 config.restart_after.unwrap_or(0)
             ));

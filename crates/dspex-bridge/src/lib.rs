@@ -5,8 +5,7 @@
 //!   (process groups, parent-death signal, run tags, orphan sweep).
 //! - [`worker`]: the ractor actor that owns one process and correlates
 //!   replies by request id.
-//! - [`single`]: single-bridge mode (one worker, its health monitor, a
-//!   one_for_one supervisor).
+//! - [`pool`]: pool mode, and single mode (the same pool with one worker).
 //! - [`conditional`]: the root supervisor that picks the mode once at start.
 //! - [`health`]: the health monitor.
 //! - [`env`]: resolving an interpreter and materializing the embedded
@@ -20,7 +19,6 @@ pub mod fake;
 pub mod health;
 pub mod pool;
 pub mod process;
-pub mod single;
 pub mod worker;
 
 pub use conditional::{
@@ -28,5 +26,7 @@ pub use conditional::{
 };
 pub use env::{EnvError, InterpreterSource, PythonConfig, PythonEnv};
 pub use error::WorkerError;
-pub use single::{Bridge, BridgeConfig, BridgeError, BridgeState, BridgeStatus};
-pub use worker::{CallOptions, WorkerConfig, WorkerEvent, WorkerHandle, WorkerInfo, WorkerState};
+pub use pool::{Pool, PoolConfig, PoolError, PoolState, PoolStatus};
+pub use worker::{
+    CallOptions, OnHang, WorkerConfig, WorkerEvent, WorkerHandle, WorkerInfo, WorkerState,
+};

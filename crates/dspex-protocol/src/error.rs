@@ -7,8 +7,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A stream-level failure: the bytes on the pipe do not follow the contract.
 ///
-/// Apart from [`ProtocolError::PayloadTooLarge`] and
-/// [`ProtocolError::Encode`], which are detected before anything is written,
+/// Apart from [`ProtocolError::PayloadTooLarge`], [`ProtocolError::Encode`]
+/// and [`ProtocolError::InvalidCommand`], which are detected before anything
+/// is written,
 /// every variant means the stream can no longer be trusted and its worker must
 /// be replaced.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,10 @@ pub enum ProtocolError {
     /// Reading or writing the pipe failed.
     #[error("i/o error on the protocol stream: {0}")]
     Io(#[from] std::io::Error),
+    /// A command that must not be sent (an empty or malformed name,
+    /// arguments that are not a map); nothing was written.
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
 }
 
 /// The stable error words of the contract, matched on by the Rust side.
@@ -84,6 +89,9 @@ pub enum ErrorKind {
     PythonException,
     /// The request frame itself could not be decoded.
     ProtocolError,
+    /// The request was cancelled (by the host's `cancel` command) before it
+    /// finished.
+    Cancelled,
     /// A word this version of the protocol does not know.
     Other(String),
 }
@@ -101,6 +109,7 @@ impl ErrorKind {
             Self::DeadlineExceeded => "DeadlineExceeded",
             Self::PythonException => "PythonException",
             Self::ProtocolError => "ProtocolError",
+            Self::Cancelled => "Cancelled",
             Self::Other(word) => word,
         }
     }
@@ -117,6 +126,7 @@ impl ErrorKind {
             "DeadlineExceeded" => Self::DeadlineExceeded,
             "PythonException" => Self::PythonException,
             "ProtocolError" => Self::ProtocolError,
+            "Cancelled" => Self::Cancelled,
             other => Self::Other(other.to_owned()),
         }
     }

@@ -31,20 +31,28 @@
 //! # Ok::<(), dspex_protocol::ProtocolError>(())
 //! ```
 
+mod canonical;
 mod codec;
 mod error;
 mod message;
+mod secret;
 
+pub use canonical::{canonical_json, program_hash};
 pub use codec::{MessageCodec, decode_body, encode_body};
 pub use error::{ErrorKind, ProtocolError, RemoteError};
 pub use message::{
-    Command, ExecuteArgs, FieldSpec, LmConfig, ProgramDefinition, Ready, Request, RequestId,
-    Response, SignatureSpec,
+    Command, ExecuteArgs, FieldSpec, LmConfig, MAX_COMMAND_NAME, ProgramDefinition, Ready,
+    Request, RequestId, Response, SignatureSpec,
 };
+pub use secret::{REDACTED, Secret, is_secret_key};
 pub use serde_json::{Map, Value};
 
-/// The protocol version this crate speaks; the handshake must announce it.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version this crate speaks (Protocol 2: deadlines,
+/// cancellation; see the handshake's `features`).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest protocol version a worker may announce and still be served.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// The default largest frame body accepted in either direction: 64 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::{PROTOCOL_VERSION, ProtocolError, RemoteError};
+use crate::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ProtocolError, RemoteError, Secret};
 
 /// A request id. Id 0 is reserved for the handshake and for replies to frames
 /// that had no usable id.
@@ -112,9 +112,10 @@ impl Response {
                 ready.event
             )));
         }
-        if ready.protocol != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&ready.protocol) {
             return Err(ProtocolError::Shape(format!(
-                "worker speaks protocol {}, this host speaks {PROTOCOL_VERSION}",
+                "worker speaks protocol {}, this host speaks {MIN_PROTOCOL_VERSION} to \
+                 {PROTOCOL_VERSION}",
                 ready.protocol
             )));
         }
@@ -191,6 +192,17 @@ pub struct Ready {
     /// The installed DSPy version, or `None` when DSPy is not installed.
     #[serde(default)]
     pub dspy: Option<String>,
+    /// The Protocol 2 features the worker implements (`deadline`, `cancel`,
+    /// ...); empty for a protocol 1 worker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+impl Ready {
+    /// Whether the worker implements a Protocol 2 feature.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
 }
 
 /// The built-in commands with typed arguments.
@@ -204,6 +216,14 @@ pub enum Command {
     Ping,
     /// Sets the worker's LM.
     ConfigureLm(LmConfig),
+    /// Registers an LM under an id (`configure_lm` with `lm_id`), for
+    /// requests that name it instead of carrying its configuration.
+    RegisterLm {
+        /// The id requests name it by.
+        lm_id: String,
+        /// The LM.
+        config: LmConfig,
+    },
     /// Builds and caches a program.
     CreateProgram(ProgramDefinition),
     /// Runs a program on inputs.
@@ -248,7 +268,7 @@ impl Command {
     pub fn name(&self) -> &str {
         match self {
             Self::Ping => "ping",
-            Self::ConfigureLm(_) => "configure_lm",
+            Self::ConfigureLm(_) | Self::RegisterLm { .. } => "configure_lm",
             Self::CreateProgram(_) => "create_program",
             Self::ExecuteProgram(_) => "execute_program",
             Self::ListPrograms => "list_programs",
@@ -261,10 +281,47 @@ impl Command {
         }
     }
 
+    /// Checks the command can be sent: its name is 1 to
+    /// [`MAX_COMMAND_NAME`] ASCII letters, digits or `_`, starting with a
+    /// letter or `_`, and its arguments are a map.
+    ///
+    /// # Errors
+    /// [`ProtocolError::InvalidCommand`] naming what is wrong.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let name = self.name();
+        let well_formed = !name.is_empty()
+            && name.len() <= MAX_COMMAND_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !well_formed {
+            return Err(ProtocolError::InvalidCommand(format!(
+                "command name {name:?} must be 1-{MAX_COMMAND_NAME} ASCII letters, digits or '_', \
+                 not starting with a digit"
+            )));
+        }
+        if let Self::Custom { args, .. } = self
+            && !args.is_object()
+        {
+            return Err(ProtocolError::InvalidCommand(format!(
+                "the arguments of {name:?} must be a map"
+            )));
+        }
+        Ok(())
+    }
+
     fn into_parts(self) -> (String, Value) {
         let name = self.name().to_owned();
         let args = match self {
             Self::ConfigureLm(config) => to_map(&config),
+            Self::RegisterLm { lm_id, config } => {
+                let mut args = to_map(&config);
+                if let Value::Object(map) = &mut args {
+                    map.insert("lm_id".into(), Value::String(lm_id));
+                }
+                args
+            }
             Self::CreateProgram(program) => to_map(&program),
             Self::ExecuteProgram(args) => to_map(&args),
             Self::GetProgramInfo { program_id } | Self::DeleteProgram { program_id } => {
@@ -281,6 +338,9 @@ impl Command {
     }
 }
 
+/// The longest command name [`Command::validate`] accepts.
+pub const MAX_COMMAND_NAME: usize = 64;
+
 /// Serialises argument structs, which are plain data and always serialise.
 fn to_map<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or_else(|_| Value::Object(Map::new()))
@@ -288,13 +348,16 @@ fn to_map<T: Serialize>(value: &T) -> Value {
 
 /// LM settings, as `configure_lm` takes them. Extra keys pass through to
 /// `dspy.LM` unchanged.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+///
+/// `Debug` redacts the API key and every extra key that names a secret
+/// ([`crate::is_secret_key`]).
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct LmConfig {
     /// A litellm model string (`openai/gpt-4o-mini`) or `dummy` for the offline LM.
     pub model: String,
     /// The provider's API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// The provider's base URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base: Option<String>,
@@ -316,6 +379,44 @@ impl LmConfig {
             model: "dummy".to_owned(),
             ..Self::default()
         }
+    }
+
+    /// An id naming this exact configuration: the SHA-256 (hex, 16 bytes
+    /// kept) of its canonical JSON. The secret goes into the digest, never
+    /// out of it.
+    pub fn id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
+        let digest = Sha256::digest(crate::canonical_json(&value).as_bytes());
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("lm-{hex}")
+    }
+}
+
+impl std::fmt::Debug for LmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Extra<'a>(&'a Map<String, Value>);
+        impl std::fmt::Debug for Extra<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut map = f.debug_map();
+                for (key, value) in self.0 {
+                    if crate::is_secret_key(key) {
+                        map.entry(key, &crate::secret::REDACTED);
+                    } else {
+                        map.entry(key, value);
+                    }
+                }
+                map.finish()
+            }
+        }
+        f.debug_struct("LmConfig")
+            .field("model", &self.model)
+            .field("api_key", &self.api_key)
+            .field("api_base", &self.api_base)
+            .field("temperature", &self.temperature)
+            .field("max_tokens", &self.max_tokens)
+            .field("extra", &Extra(&self.extra))
+            .finish()
     }
 }
 
@@ -363,7 +464,8 @@ pub struct SignatureSpec {
 }
 
 /// A whole program: what `create_program` takes and what `execute_program`
-/// carries when the worker may lack it.
+/// carries when the worker may lack it. [`ProgramDefinition::hash`] names
+/// this exact version on both sides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgramDefinition {
     /// The program's id.
@@ -375,6 +477,13 @@ pub struct ProgramDefinition {
     /// Few-shot examples (maps of field values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub demos: Vec<Value>,
+}
+
+impl ProgramDefinition {
+    /// The program hash, as the worker computes it (see [`crate::program_hash`]).
+    pub fn hash(&self) -> String {
+        crate::program_hash(self)
+    }
 }
 
 /// The arguments of `execute_program`.
@@ -390,4 +499,8 @@ pub struct ExecuteArgs {
     /// An LM for this request only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lm: Option<LmConfig>,
+    /// An LM the worker registered under this id ([`Command::RegisterLm`]),
+    /// for this request only; instead of `lm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm_id: Option<String>,
 }

@@ -29,6 +29,7 @@ fn request_round_trip_uses_named_fields() {
             inputs: json!({"question": "why?"}).as_object().unwrap().clone(),
             program: None,
             lm: Some(LmConfig::dummy()),
+            lm_id: None,
         }),
     )
     .with_session("s1")
@@ -226,10 +227,17 @@ fn ready_handshake_is_checked() {
             pid: 123,
             python: "3.11.7".into(),
             dspy: Some("3.4.1".into()),
+            features: vec![],
         }
     );
+    // Protocol 2 adds the feature list; both versions are served.
+    let mut second = ready.clone();
+    second["protocol"] = json!(2);
+    second["features"] = json!(["deadline", "cancel"]);
+    let parsed = Response::ok(0, second).into_ready().unwrap();
+    assert!(parsed.has_feature("deadline") && !parsed.has_feature("events"));
     let mut other_version = ready.clone();
-    other_version["protocol"] = json!(2);
+    other_version["protocol"] = json!(3);
     assert!(Response::ok(0, other_version).into_ready().is_err());
     assert!(Response::ok(5, ready.clone()).into_ready().is_err());
     assert!(
@@ -273,6 +281,89 @@ fn program_definition_matches_the_contract_shape() {
             }
         })
     );
+}
+
+#[test]
+fn malformed_command_names_are_refused_before_sending() {
+    for name in ["", " ", "9lives", "semi;colon", "tab\tbed", "é", &"x".repeat(65)] {
+        let error = Command::custom(name, json!({})).validate().unwrap_err();
+        assert!(matches!(error, ProtocolError::InvalidCommand(_)), "{name:?}");
+    }
+    let error = Command::custom("echo", json!([1])).validate().unwrap_err();
+    assert!(error.to_string().contains("map"), "{error}");
+    for name in ["ping", "write_garbage", "_private", "x", &"x".repeat(64)] {
+        assert!(Command::custom(name, json!({})).validate().is_ok(), "{name:?}");
+    }
+    assert!(Command::Ping.validate().is_ok());
+}
+
+#[test]
+fn lm_configurations_never_print_their_secrets() {
+    let mut config = LmConfig {
+        model: "openai/gpt-4o-mini".into(),
+        api_key: Some("sk-test-7b1f".into()),
+        ..LmConfig::default()
+    };
+    config
+        .extra
+        .insert("aws_secret_access_key".into(), json!("wJalr-secret"));
+    config.extra.insert("max_tokens_hint".into(), json!(5));
+    let printed = format!("{config:?} {config:#?}");
+    assert!(!printed.contains("sk-test-7b1f"), "{printed}");
+    assert!(!printed.contains("wJalr-secret"), "{printed}");
+    assert!(printed.contains("gpt-4o-mini") && printed.contains("max_tokens_hint"));
+    // The wire carries it (that is where it must go), and the id hides it.
+    let args = Request::new(1, Command::ConfigureLm(config.clone())).args;
+    assert_eq!(args["api_key"], "sk-test-7b1f");
+    let id = config.id();
+    assert!(id.starts_with("lm-") && !id.contains("sk-test"));
+    assert_ne!(id, LmConfig::dummy().id());
+    let named = Request::new(
+        2,
+        Command::RegisterLm {
+            lm_id: id.clone(),
+            config,
+        },
+    );
+    assert_eq!(named.command, "configure_lm");
+    assert_eq!(named.args["lm_id"], json!(id));
+    assert_eq!(named.args["model"], "openai/gpt-4o-mini");
+}
+
+#[test]
+fn the_program_hash_is_the_documented_one() {
+    let program = ProgramDefinition {
+        program_id: "ignored".into(),
+        signature: SignatureSpec {
+            name: "QA".into(),
+            instructions: "Answer in français.".into(),
+            inputs: vec![FieldSpec::new("question", "str")],
+            outputs: vec![FieldSpec::new("answer", "str")],
+        },
+        module: "predict".into(),
+        demos: vec![json!({"question": "2+2?", "answer": "4", "score": 0.5})],
+    };
+    // sha256 of the canonical JSON the Python worker hashes (see
+    // python/dspex_bridge/commands.py `program_hash`): computed there with
+    // json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False).
+    let canonical = "{\"demos\":[{\"answer\":\"4\",\"question\":\"2+2?\",\"score\":0.5}],\
+        \"module\":\"predict\",\"signature\":{\"inputs\":[{\"name\":\"question\",\"type\":\"str\"}],\
+        \"instructions\":\"Answer in français.\",\"name\":\"QA\",\
+        \"outputs\":[{\"name\":\"answer\",\"type\":\"str\"}]}}";
+    let value = json!({
+        "signature": serde_json::to_value(&program.signature).unwrap(),
+        "module": program.module,
+        "demos": program.demos,
+    });
+    assert_eq!(dspex_protocol::canonical_json(&value), canonical);
+    // The id is not part of the version: the same definition under another
+    // id has the same hash.
+    let renamed = ProgramDefinition {
+        program_id: "other".into(),
+        ..program.clone()
+    };
+    assert_eq!(program.hash(), renamed.hash());
+    assert_eq!(program.hash().len(), 64);
 }
 
 #[tokio::test]

@@ -42,6 +42,26 @@ pub enum ExitCause {
     Failed(String),
     /// The start factory failed (text kept whole).
     StartFailed(String),
+    /// The child stopped so that its supervisor replaces it, by the decision
+    /// of whoever owns it (a hung worker killed, a worker recycled): a stop
+    /// whose reason starts with [`REPLACE_PREFIX`]. Permanent and transient
+    /// children are started again at once, and the restart does **not**
+    /// count against the intensity (it is not a crash).
+    Replaced(String),
+}
+
+/// The stop reason prefix that asks for a replacement ([`ExitCause::Replaced`]).
+pub const REPLACE_PREFIX: &str = "replace: ";
+
+/// The stop reason of a child that wants to be replaced, not restarted
+/// after a crash (see [`ExitCause::Replaced`]).
+///
+/// ```
+/// use dspex_supervision::replace_reason;
+/// assert_eq!(replace_reason("hung"), "replace: hung");
+/// ```
+pub fn replace_reason(why: &str) -> String {
+    format!("{REPLACE_PREFIX}{why}")
 }
 
 impl ExitCause {
@@ -51,14 +71,22 @@ impl ExitCause {
             None | Some("normal") => Self::Normal,
             Some("shutdown") => Self::Shutdown,
             Some("killed") => Self::Killed,
+            Some(text) if text.starts_with(REPLACE_PREFIX) => {
+                Self::Replaced(text[REPLACE_PREFIX.len()..].to_owned())
+            }
             Some(_) => Self::Stopped(reason.unwrap_or_default()),
         }
     }
 
-    /// `true` unless the exit was `Normal` or `Shutdown`. Abnormal exits
-    /// restart [`crate::Restart::Transient`] children.
+    /// `true` unless the exit was `Normal`, `Shutdown` or `Replaced`.
+    /// Abnormal exits restart [`crate::Restart::Transient`] children.
     pub fn is_abnormal(&self) -> bool {
-        !matches!(self, Self::Normal | Self::Shutdown)
+        !matches!(self, Self::Normal | Self::Shutdown | Self::Replaced(_))
+    }
+
+    /// `true` for [`ExitCause::Replaced`].
+    pub fn is_replacement(&self) -> bool {
+        matches!(self, Self::Replaced(_))
     }
 }
 
@@ -71,6 +99,7 @@ impl fmt::Display for ExitCause {
             Self::Killed => f.write_str("killed"),
             Self::Failed(text) => write!(f, "failed: {text}"),
             Self::StartFailed(text) => write!(f, "start failed: {text}"),
+            Self::Replaced(why) => write!(f, "replaced: {why}"),
         }
     }
 }

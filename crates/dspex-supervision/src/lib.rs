@@ -18,6 +18,11 @@
 //! * **A child stops**: `None`/`"normal"`/`"shutdown"` reasons are normal exits
 //!   (restarting only permanent children); any other reason or a kill is
 //!   abnormal (restarting transient ones too).
+//! * **A child asks to be replaced** (it stops with [`replace_reason`], as a
+//!   worker does when its owner killed it on purpose: hung, recycled):
+//!   permanent and transient children are started again at once, and the
+//!   restart does not count against the intensity — the budget is for
+//!   crashes, and a deliberate replacement is not one.
 //! * **A child cannot start** (its factory errors, or its `pre_start` fails):
 //!   treated exactly like a crash — it counts against the intensity and is
 //!   retried with backoff — so a child that can never start ends in `Failed`
@@ -104,7 +109,7 @@ mod spec;
 mod status;
 mod supervisor;
 
-pub use events::{ExitCause, FailureCause, SupervisorEvent};
+pub use events::{ExitCause, FailureCause, REPLACE_PREFIX, SupervisorEvent, replace_reason};
 pub use handle::{StopOutcome, Supervisor, SupervisorError, SupervisorHandle};
 pub use intensity::{Backoff, RestartIntensity};
 pub use options::{OnGiveUp, Strategy, SupervisorOptions};

@@ -47,8 +47,13 @@ pub struct ChildStatus {
     pub cell: Option<ActorCell>,
     /// `true` while a restart is scheduled (backing off).
     pub restart_pending: bool,
-    /// Start attempts after the first (successful or not).
+    /// Start attempts after the first (successful or not), replacements
+    /// excluded.
     pub restarts: u32,
+    /// Restarts that replaced the child on its owner's decision
+    /// ([`crate::ExitCause::Replaced`]); they do not count against the
+    /// intensity.
+    pub replacements: u32,
     /// How it last went down, if it ever did.
     pub last_cause: Option<ExitCause>,
 }

@@ -90,6 +90,8 @@ struct Slot {
     pending: Option<u64>,
     /// Start attempts so far (successful or not).
     starts: u32,
+    /// Of those, restarts that replaced the child on its owner's decision.
+    replacements: u32,
     last_cause: Option<ExitCause>,
     /// This child's recent restarts, for its backoff exponent.
     backoff: RestartWindow,
@@ -102,6 +104,7 @@ impl Slot {
             cell: None,
             pending: None,
             starts: 0,
+            replacements: 0,
             last_cause: None,
             backoff: RestartWindow::default(),
         }
@@ -113,7 +116,8 @@ impl Slot {
             restart: self.spec.restart,
             cell: self.cell.clone(),
             restart_pending: self.pending.is_some(),
-            restarts: self.starts.saturating_sub(1),
+            restarts: self.starts.saturating_sub(1 + self.replacements),
+            replacements: self.replacements,
             last_cause: self.last_cause.clone(),
         }
     }
@@ -289,7 +293,7 @@ impl Tree {
         let restart = self.slots[idx].spec.restart;
         let wanted = match restart {
             Restart::Permanent => true,
-            Restart::Transient => cause.is_abnormal(),
+            Restart::Transient => cause.is_abnormal() || cause.is_replacement(),
             Restart::Temporary => false,
         };
         if !wanted {
@@ -300,6 +304,12 @@ impl Tree {
             return Ok(());
         }
 
+        if cause.is_replacement() {
+            // Not a crash: at once, outside the budget, and the child alone
+            // (its siblings did not fail with it).
+            self.slots[idx].replacements = self.slots[idx].replacements.saturating_add(1);
+            return self.schedule(vec![id.clone()], Duration::ZERO);
+        }
         let now = Instant::now();
         if !self.intensity.try_restart(now, self.options.intensity) {
             return self.give_up(id.clone(), cause).await;
@@ -333,6 +343,11 @@ impl Tree {
             None => self.options.backoff.initial,
         };
 
+        self.schedule(set, delay)
+    }
+
+    /// Marks `set` pending and starts it after `delay`.
+    fn schedule(&mut self, set: Vec<ChildId>, delay: Duration) -> Result<(), FailureCause> {
         let token = self.token();
         let mut announced = Vec::with_capacity(set.len());
         for slot in &mut self.slots {

@@ -333,3 +333,43 @@ async fn actor_left_by_a_failed_start_is_killed() {
     assert!(handle.cell().get_children().is_empty());
     handle.stop(DEADLINE).await;
 }
+
+/// A child that asks to be replaced (its owner killed it on purpose: a hung
+/// worker, a recycled one) is started again at once, and no number of
+/// replacements exhausts the budget; crashes still do.
+#[tokio::test(start_paused = true)]
+async fn replacements_are_immediate_and_outside_the_budget() {
+    let log = Log::default();
+    let supervisor = Supervisor::new(remain()).child(child("w", &log));
+    let mut events = supervisor.subscribe();
+    let handle = supervisor.spawn().await.unwrap();
+    events_until(&mut events, |e| started(e, "w")).await;
+
+    let began = Instant::now();
+    for n in 0..20 {
+        let reason = dspex_supervision::replace_reason(&format!("hung {n}"));
+        tell(&cell_of(&handle, "w"), ChildMsg::Stop(Some(reason)));
+        let seen = events_until(&mut events, |e| started(e, "w")).await;
+        assert!(
+            seen.iter().any(|e| matches!(e,
+                SupervisorEvent::ChildExited { cause: ExitCause::Replaced(why), .. } if *why == format!("hung {n}"))),
+            "{:?}",
+            brief(&seen)
+        );
+        assert_eq!(delays(&seen), [0], "a replacement does not back off");
+    }
+    assert_eq!(began.elapsed(), Duration::ZERO, "no backoff was waited");
+    let status = handle.status();
+    assert_eq!(status.state, SupervisorState::Running);
+    let w = status.child("w").unwrap();
+    assert_eq!((w.restarts, w.replacements), (0, 20));
+
+    // The budget is intact: three crashes are allowed, the fourth is not.
+    for n in 1..=3 {
+        tell(&cell_of(&handle, "w"), ChildMsg::Crash(format!("boom {n}")));
+        events_until(&mut events, |e| started(e, "w")).await;
+    }
+    tell(&cell_of(&handle, "w"), ChildMsg::Crash("boom 4".into()));
+    events_until(&mut events, failed).await;
+    handle.stop(DEADLINE).await;
+}

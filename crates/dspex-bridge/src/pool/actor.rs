@@ -1,7 +1,7 @@
 //! The pool actor: the checkout queue and the state of every worker slot.
 //!
 //! It never awaits Python: configuring an LM on a new worker, starting
-//! children and draining abandoned replies all run in tasks that report back
+//! children and draining abandoned leases all run in tasks that report back
 //! by message. Its state is published after every message as a
 //! [`PoolStatus`] snapshot, so `status()` never waits on the actor.
 
@@ -9,20 +9,19 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dspex_protocol::{LmConfig, Value};
-use dspex_supervision::{
-    OnGiveUp, Strategy, Supervisor, SupervisorEvent, SupervisorHandle, SupervisorOptions,
-};
+use dspex_protocol::LmConfig;
+use dspex_supervision::SupervisorHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::contract::{
-    CheckinDecision, CheckoutDecision, SkipReason, checkin_decision, checkout_decision,
+    CheckinDecision, CheckoutDecision, SkipReason, checkout_decision,
 };
 use super::lease::Lease;
-use super::status::{PoolCounters, PoolEvent, PoolState, PoolStatus, SlotPhase};
+use super::status::{PoolCounters, PoolEvent, PoolStatus, SlotPhase};
 use super::{PoolConfig, PoolError};
-use crate::WorkerError;
 use crate::context::TreeContext;
 use crate::worker::{WorkerEvent, WorkerHandle};
 
@@ -35,7 +34,9 @@ pub(crate) enum Inner {
     Checkout(Box<Waiter>),
     Cancel(u64),
     Checkin(Checkin),
-    Drain(Checkin, oneshot::Receiver<Result<Value, WorkerError>>),
+    /// A lease ended while its worker still owed a reply: check it in once
+    /// the worker has answered (or died).
+    Drain(Checkin, Settled),
     WorkerStarted {
         slot: usize,
         handle: WorkerHandle,
@@ -53,10 +54,27 @@ pub(crate) enum Inner {
     },
     SetLm(Arc<LmConfig>, oneshot::Sender<u64>),
     ForgetSession(String),
-    Failed(String),
+    /// The workers' supervisor of this generation gave up.
+    Failed {
+        generation: u64,
+        cause: String,
+    },
+    /// The revive cool-down of this attempt is over.
+    Revive(u32),
+    /// Time to look at the recycling limits.
+    Tick,
     Barrier(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
     Pause(oneshot::Receiver<()>),
+}
+
+/// Resolves once a worker no longer owes any reply to a lease.
+pub(crate) struct Settled(pub(crate) futures::future::BoxFuture<'static, ()>);
+
+impl std::fmt::Debug for Settled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Settled")
+    }
 }
 
 /// A caller waiting for a worker.
@@ -64,7 +82,10 @@ pub(crate) enum Inner {
 pub(crate) struct Waiter {
     pub(crate) ticket: u64,
     pub(crate) session: Option<SessionRequest>,
+    /// The hash of the program it will run, if any.
     pub(crate) program: Option<String>,
+    /// The id of the LM override it will use, if any.
+    pub(crate) lm: Option<String>,
     pub(crate) reply: oneshot::Sender<Result<Lease, PoolError>>,
 }
 
@@ -82,7 +103,10 @@ pub(crate) struct Checkin {
     pub(crate) slot: usize,
     pub(crate) pid: u32,
     pub(crate) loaded: Option<String>,
+    pub(crate) lm_registered: Option<String>,
     pub(crate) lm_applied: Option<u64>,
+    /// Whether the lease sent a request (it counts toward recycling).
+    pub(crate) served: bool,
     pub(crate) decision: CheckinDecision,
 }
 
@@ -103,8 +127,19 @@ pub(super) struct Slot {
     pub(super) pid: u32,
     pub(super) leases: usize,
     pub(super) loaded: HashSet<String>,
+    pub(super) lms: HashSet<String>,
     pub(super) lm_generation: u64,
     pub(super) pinned: VecDeque<Waiter>,
+    /// Requests served by the current worker.
+    pub(super) requests: u64,
+    /// When the current worker became ready.
+    pub(super) ready_since: Option<Instant>,
+    /// The current worker's resident memory at the last look.
+    pub(super) rss_bytes: u64,
+    /// The slot being started to take this one's place (recycling).
+    pub(super) replacement: Option<usize>,
+    /// Why it is being recycled.
+    pub(super) recycle_reason: Option<String>,
 }
 
 impl Slot {
@@ -117,9 +152,26 @@ impl Slot {
             pid: 0,
             leases: 0,
             loaded: HashSet::new(),
+            lms: HashSet::new(),
             lm_generation: 0,
             pinned: VecDeque::new(),
+            requests: 0,
+            ready_since: None,
+            rss_bytes: 0,
+            replacement: None,
+            recycle_reason: None,
         }
+    }
+
+    /// Forgets everything about the worker it had.
+    pub(super) fn reset_worker(&mut self) {
+        self.leases = 0;
+        self.loaded.clear();
+        self.lms.clear();
+        self.lm_generation = 0;
+        self.requests = 0;
+        self.ready_since = None;
+        self.rss_bytes = 0;
     }
 }
 
@@ -137,12 +189,28 @@ pub(crate) struct PoolArgs {
     pub(crate) ready_workers: watch::Sender<Vec<WorkerHandle>>,
 }
 
+/// Revive bookkeeping.
+#[derive(Debug, Default)]
+pub(super) struct Revival {
+    /// Consecutive attempts since the pool last served.
+    pub(super) attempts: u32,
+    /// When the next attempt is due.
+    pub(super) due: Option<std::time::Instant>,
+    /// The workers were started again and none is ready yet.
+    pub(super) in_progress: bool,
+    pub(super) timer: Option<JoinHandle<()>>,
+}
+
 /// The pool actor's state.
 #[derive(Debug)]
 pub(crate) struct PoolActorState {
     pub(super) config: PoolConfig,
     pub(super) ctx: Arc<TreeContext>,
     pub(super) workers: SupervisorHandle,
+    /// Which workers' supervisor is current (a revive starts a new one).
+    pub(super) generation: u64,
+    /// Restarts counted by the supervisors that revives replaced.
+    pub(super) past_restarts: u32,
     pub(super) slots: Vec<Slot>,
     pub(super) queue: VecDeque<Waiter>,
     pub(super) sessions: HashMap<String, Affinity>,
@@ -150,13 +218,27 @@ pub(crate) struct PoolActorState {
     pub(super) lm: Option<(Arc<LmConfig>, u64)>,
     pub(super) lm_generation: u64,
     pub(super) failed: Option<String>,
+    pub(super) revival: Revival,
     pub(super) closing: bool,
     pub(super) cursor: usize,
+    pub(super) next_worker: usize,
     pub(super) overflow_started: usize,
     pub(super) counters: PoolCounters,
     pub(super) status: watch::Sender<PoolStatus>,
     pub(super) events: broadcast::Sender<PoolEvent>,
     pub(super) ready_workers: watch::Sender<Vec<WorkerHandle>>,
+    pub(super) tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for PoolActorState {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(timer) = self.revival.timer.take() {
+            timer.abort();
+        }
+    }
 }
 
 impl Actor for PoolActor {
@@ -169,35 +251,33 @@ impl Actor for PoolActor {
         myself: ActorRef<PoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolActorState, ActorProcessingErr> {
-        // The pool supervises its workers through a one_for_one supervisor
-        // linked to it, with the pool's restart budget; when that gives up,
-        // the pool is Failed.
-        let supervisor = Supervisor::new(SupervisorOptions {
-            strategy: Strategy::OneForOne,
-            intensity: args.config.intensity,
-            backoff: args.config.backoff,
-            on_give_up: OnGiveUp::Remain,
-            event_capacity: 1024,
-            ..SupervisorOptions::default()
-        });
-        let mut supervisor_events = supervisor.subscribe();
+        let mut slots: Vec<Slot> = (0..args.config.size)
+            .map(|i| Slot::new(format!("{}-{i}", args.config.name), false))
+            .collect();
+        let eager: Vec<(usize, String)> = if args.config.lazy {
+            Vec::new()
+        } else {
+            slots
+                .iter_mut()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.phase = SlotPhase::Starting;
+                    (i, s.id.clone())
+                })
+                .collect()
+        };
+        // Subscribed before the workers start: no Ready event is missed.
         let mut worker_events = args.ctx.events.subscribe();
-        let workers = supervisor.spawn_linked(myself.get_cell()).await?;
+        let workers = super::workers::start_workers_supervisor(
+            &args.config,
+            &args.ctx,
+            &myself,
+            0,
+            &eager,
+        )
+        .await?;
         let me = myself.clone();
-        tokio::spawn(async move {
-            loop {
-                let message = match supervisor_events.recv().await {
-                    Ok(SupervisorEvent::Failed { cause }) => Inner::Failed(cause.to_string()),
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if me.send_message(PoolMsg(message)).is_err() {
-                    return;
-                }
-            }
-        });
-        let me = myself.clone();
-        tokio::spawn(async move {
+        let mut tasks = vec![tokio::spawn(async move {
             loop {
                 match worker_events.recv().await {
                     Ok(event) => {
@@ -211,14 +291,27 @@ impl Actor for PoolActor {
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
-        });
-        let slots = (0..args.config.size)
-            .map(|i| Slot::new(format!("{}-{i}", args.config.name), false))
-            .collect();
+        })];
+        if let Some(every) = super::lifecycle::tick_interval(&args.config.recycle) {
+            let me = myself.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    if me.send_message(PoolMsg(Inner::Tick)).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
         Ok(PoolActorState {
+            next_worker: slots.len(),
             config: args.config,
             ctx: args.ctx,
             workers,
+            generation: 0,
+            past_restarts: 0,
             slots,
             queue: VecDeque::new(),
             sessions: HashMap::new(),
@@ -226,6 +319,7 @@ impl Actor for PoolActor {
             lm: None,
             lm_generation: 0,
             failed: None,
+            revival: Revival::default(),
             closing: false,
             cursor: 0,
             overflow_started: 0,
@@ -233,19 +327,15 @@ impl Actor for PoolActor {
             status: args.status,
             events: args.events,
             ready_workers: args.ready_workers,
+            tasks,
         })
     }
 
     async fn post_start(
         &self,
-        myself: ActorRef<PoolMsg>,
+        _myself: ActorRef<PoolMsg>,
         state: &mut PoolActorState,
     ) -> Result<(), ActorProcessingErr> {
-        if !state.config.lazy {
-            for slot in 0..state.slots.len() {
-                state.start_slot(&myself, slot);
-            }
-        }
         state.publish();
         Ok(())
     }
@@ -260,23 +350,18 @@ impl Actor for PoolActor {
             Inner::Checkout(waiter) => state.checkout(&myself, *waiter),
             Inner::Cancel(ticket) => state.cancel(ticket),
             Inner::Checkin(checkin) => state.checkin(&myself, checkin),
-            Inner::Drain(checkin, reply) => {
+            Inner::Drain(checkin, settled) => {
                 state.counters.drained += 1;
                 let me = myself.clone();
                 tokio::spawn(async move {
-                    let outcome = reply.await.map(|r| r.map(|_| ())).ok();
-                    let decision = match outcome {
-                        Some(result) => checkin_decision(Some(&result), false),
-                        None => CheckinDecision::Remove("the worker went away".into()),
-                    };
-                    let _ = me.send_message(PoolMsg(Inner::Checkin(Checkin {
-                        decision,
-                        ..checkin
-                    })));
+                    // Resolves when the worker answered or went away; either
+                    // way nobody waits for that request any more.
+                    settled.0.await;
+                    let _ = me.send_message(PoolMsg(Inner::Checkin(checkin)));
                 });
             }
             Inner::WorkerStarted { slot, handle } => state.worker_started(&myself, slot, handle),
-            Inner::StartFailed { slot, error } => state.start_failed(&myself, slot, &error),
+            Inner::StartFailed { slot, error } => state.start_failed(slot, &error),
             Inner::Worker(event) => state.worker_event(&myself, event),
             Inner::LmApplied {
                 slot,
@@ -292,8 +377,19 @@ impl Actor for PoolActor {
             Inner::ForgetSession(id) => {
                 state.sessions.remove(&id);
                 state.lost_sessions.remove(&id);
+                // A retiring worker may have waited for this session to end.
+                state.retire_idle();
             }
-            Inner::Failed(cause) => state.fail(cause),
+            Inner::Failed { generation, cause } => {
+                if generation == state.generation {
+                    state.fail(&myself, cause);
+                }
+            }
+            Inner::Revive(attempt) => state.revive(&myself, attempt).await?,
+            Inner::Tick => {
+                state.check_recycling(&myself);
+                state.retire_idle();
+            }
             Inner::Barrier(done) => {
                 let _ = done.send(());
             }
@@ -336,7 +432,7 @@ impl Actor for PoolActor {
             }
         }
         state.workers.stop(Duration::from_secs(30)).await;
-        state.publish_state(PoolState::Stopped);
+        state.publish_stopped();
         Ok(())
     }
 }
@@ -352,6 +448,7 @@ impl PoolActorState {
         if let Some(cause) = &self.failed {
             let _ = waiter.reply.send(Err(PoolError::Unavailable {
                 cause: cause.clone(),
+                retry_in: self.revive_in(),
             }));
             return;
         }
@@ -390,11 +487,14 @@ impl PoolActorState {
     ) {
         let slot = &self.slots[affinity.slot];
         let alive = slot.pid == affinity.pid
-            && matches!(slot.phase, SlotPhase::Ready | SlotPhase::Configuring);
+            && matches!(
+                slot.phase,
+                SlotPhase::Ready | SlotPhase::Configuring | SlotPhase::Retiring
+            );
         if !alive {
             return self.session_lost(waiter);
         }
-        if slot.pinned.is_empty() && self.is_free(affinity.slot) {
+        if slot.pinned.is_empty() && self.has_room_for_pinned(affinity.slot) {
             if let Some(back) = self.hand(myself, affinity.slot, waiter) {
                 self.enqueue(myself, back, Some(affinity.slot));
             }
@@ -452,9 +552,18 @@ impl PoolActorState {
         self.config.per_worker_concurrency.max(1)
     }
 
+    /// Ready and with room for another lease. A retiring worker takes no
+    /// new lease.
     pub(super) fn is_free(&self, slot: usize) -> bool {
         let s = &self.slots[slot];
         s.phase == SlotPhase::Ready && s.leases < self.capacity()
+    }
+
+    /// Room for a lease of a session pinned there: a retiring worker still
+    /// serves the stateful sessions it holds, until they end.
+    pub(super) fn has_room_for_pinned(&self, slot: usize) -> bool {
+        let s = &self.slots[slot];
+        matches!(s.phase, SlotPhase::Ready | SlotPhase::Retiring) && s.leases < self.capacity()
     }
 
     /// A free slot, preferring `preferred`, else the least loaded, round robin.
@@ -518,7 +627,15 @@ impl PoolActorState {
             .program
             .as_ref()
             .is_some_and(|h| s.loaded.contains(h));
-        let lease = Lease::new(myself.clone(), slot, worker, pending_lm, has_program);
+        let has_lm = waiter.lm.as_ref().is_some_and(|id| s.lms.contains(id));
+        let lease = Lease::new(
+            myself.clone(),
+            slot,
+            worker,
+            pending_lm,
+            has_program,
+            has_lm,
+        );
         s.leases += 1;
         let pid = s.pid;
         self.counters.checkouts += 1;
@@ -554,13 +671,14 @@ impl PoolActorState {
     /// Serves waiters from a slot that has room: its pinned queue first, then
     /// the shared FIFO queue.
     pub(super) fn dispatch(&mut self, myself: &ActorRef<PoolMsg>, slot: usize) {
-        while self.is_free(slot) {
+        while self.has_room_for_pinned(slot) {
             let next = match self.slots[slot].pinned.pop_front() {
                 Some(waiter) => waiter,
-                None => match self.queue.pop_front() {
+                None if self.is_free(slot) => match self.queue.pop_front() {
                     Some(waiter) => waiter,
                     None => break,
                 },
+                None => break,
             };
             if let Some(back) = self.hand(myself, slot, next) {
                 self.queue.push_front(back);
@@ -583,26 +701,52 @@ impl PoolActorState {
             return;
         }
         slot.leases -= 1;
+        if checkin.served {
+            slot.requests += 1;
+        }
         if let Some(hash) = checkin.loaded {
             slot.loaded.insert(hash);
+        }
+        if let Some(id) = checkin.lm_registered {
+            slot.lms.insert(id);
         }
         if let Some(generation) = checkin.lm_applied {
             slot.lm_generation = slot.lm_generation.max(generation);
         }
         match checkin.decision {
-            CheckinDecision::Ok => self.dispatch(myself, checkin.slot),
+            CheckinDecision::Ok => {
+                self.check_recycle(myself, checkin.slot);
+                self.dispatch(myself, checkin.slot);
+                self.retire_if_idle(checkin.slot);
+            }
             CheckinDecision::Remove(reason) => self.remove(checkin.slot, reason),
+            CheckinDecision::Replace(reason) => self.replace(checkin.slot, reason),
         }
     }
 
-    /// Takes a worker out of service: it is killed, and its supervisor
-    /// replaces it.
+    /// Takes a worker out of service as broken: it is killed (a crash: it
+    /// counts against the restart budget), and its supervisor restarts it.
     pub(super) fn remove(&mut self, slot: usize, reason: String) {
         self.counters.removed += 1;
         let s = &mut self.slots[slot];
         tracing::warn!(worker = %s.id, pid = s.pid, %reason, "pool: removing worker");
         if let Some(worker) = &s.worker {
             worker.kill(reason.clone());
+        }
+        let pid = s.pid;
+        let id = s.id.clone();
+        self.slot_down(slot);
+        self.emit(PoolEvent::WorkerRemoved { id, pid, reason });
+    }
+
+    /// Takes a worker out of service on the pool's own decision: it is
+    /// killed and replaced at once, outside the restart budget.
+    pub(super) fn replace(&mut self, slot: usize, reason: String) {
+        self.counters.replaced += 1;
+        let s = &mut self.slots[slot];
+        tracing::info!(worker = %s.id, pid = s.pid, %reason, "pool: replacing worker");
+        if let Some(worker) = &s.worker {
+            worker.replace(reason.clone());
         }
         let pid = s.pid;
         let id = s.id.clone();
@@ -617,9 +761,7 @@ impl PoolActorState {
             return;
         }
         s.phase = SlotPhase::Down;
-        s.leases = 0;
-        s.loaded.clear();
-        s.lm_generation = 0;
+        s.reset_worker();
         let pid = s.pid;
         let lost: Vec<Waiter> = s.pinned.drain(..).collect();
         let mut gone = Vec::new();
@@ -640,5 +782,19 @@ impl PoolActorState {
         for waiter in lost {
             self.session_lost(waiter);
         }
+    }
+
+    /// Whether a stateful session lives on the slot's current worker.
+    pub(super) fn holds_state(&self, slot: usize) -> bool {
+        let pid = self.slots[slot].pid;
+        self.sessions
+            .values()
+            .any(|a| a.stateful && a.slot == slot && a.pid == pid)
+    }
+
+    pub(super) fn revive_in(&self) -> Option<Duration> {
+        self.revival
+            .due
+            .map(|at| at.saturating_duration_since(std::time::Instant::now()))
     }
 }

@@ -33,8 +33,12 @@ pub enum SkipReason {
 pub enum CheckinDecision {
     /// Back to the idle set.
     Ok,
-    /// Take it out: it is killed and replaced.
+    /// Take it out as broken: it is killed and restarted (a crash, counted
+    /// against the restart budget).
     Remove(String),
+    /// Take it out on the pool's own decision (its state is not trusted):
+    /// it is killed and replaced at once, outside the restart budget.
+    Replace(String),
 }
 
 /// The checkout decision for a worker in `state`, for a caller whose pinned
@@ -63,12 +67,16 @@ pub(crate) fn checkin_decision(
     panicked: bool,
 ) -> CheckinDecision {
     if panicked {
-        return CheckinDecision::Remove("the caller panicked while holding the worker".into());
+        return CheckinDecision::Replace("the caller panicked while holding the worker".into());
     }
     match outcome {
         None | Some(Ok(())) => CheckinDecision::Ok,
-        // A structured error reply: the worker is fine.
-        Some(Err(WorkerError::Remote(_) | WorkerError::Refused(_))) => CheckinDecision::Ok,
+        // A structured error reply, or a request refused before sending:
+        // the worker is fine. A request past its deadline: the worker was
+        // told and stays (a hung one is killed by its own actor).
+        Some(Err(
+            WorkerError::Remote(_) | WorkerError::Refused(_) | WorkerError::RequestTimeout { .. },
+        )) => CheckinDecision::Ok,
         Some(Err(error)) => CheckinDecision::Remove(error.to_string()),
     }
 }
@@ -88,6 +96,7 @@ mod tests {
             pid: 7,
             python: "3".into(),
             dspy: None,
+            features: vec![],
         })
     }
 
@@ -129,13 +138,24 @@ mod tests {
             worker_id: "w".into(),
             after: Duration::from_secs(1),
         };
-        assert!(matches!(
+        assert_eq!(
             checkin_decision(Some(&Err(timeout)), false),
+            CheckinDecision::Ok,
+            "a slow request does not make the worker broken"
+        );
+        let crashed = WorkerError::WorkerExited {
+            worker_id: "w".into(),
+            pid: 7,
+            exit: Exit::Signal(9),
+            stderr_tail: String::new(),
+        };
+        assert!(matches!(
+            checkin_decision(Some(&Err(crashed)), false),
             CheckinDecision::Remove(_)
         ));
         assert!(matches!(
             checkin_decision(None, true),
-            CheckinDecision::Remove(_)
+            CheckinDecision::Replace(_)
         ));
     }
 }

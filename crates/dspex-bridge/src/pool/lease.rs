@@ -2,29 +2,32 @@
 
 use std::sync::Arc;
 
-use dspex_protocol::{Command, ErrorKind, ExecuteArgs, LmConfig, Map, ProgramDefinition, Value};
+use dspex_protocol::{Command, ErrorKind, ExecuteArgs, LmConfig, Map, Value};
+use futures::FutureExt;
 use ractor::ActorRef;
 use tokio::sync::oneshot;
 
+use super::ProgramVersion;
 use super::actor::{Inner, PoolMsg};
 use super::contract::checkin_decision;
 use crate::WorkerError;
 use crate::worker::{CallOptions, WorkerHandle};
 
-type Reply = oneshot::Receiver<Result<Value, WorkerError>>;
-
 /// A worker checked out of the pool, for one caller.
 ///
 /// Dropping the lease checks the worker back in. The check-in decision is
 /// typed ([`super::CheckinDecision`]) and follows from what happened:
-/// - the last call succeeded or got a structured error reply: `Ok`;
-/// - the worker crashed, timed out or broke the protocol: `Remove` (it is
-///   killed and replaced);
-/// - the holder panicked (the lease is dropped while unwinding): `Remove`;
-/// - the holder's future was dropped while a call was in flight: the reply is
-///   *drained* — the pool keeps the worker out of service until the reply
-///   arrives (and discards it, matched by request id), then checks it in.
-///   The late reply never reaches anyone.
+/// - the last call succeeded, got a structured error reply, or passed its
+///   deadline: `Ok`;
+/// - the worker crashed or broke the protocol: `Remove` (it is killed and
+///   restarted);
+/// - the holder panicked (the lease is dropped while unwinding): `Replace`
+///   (its state is not trusted);
+/// - the worker still owes a reply (the holder's future was dropped while a
+///   call was in flight, or the call passed its deadline): the pool keeps
+///   the worker out of service until that reply arrives (and is discarded,
+///   matched by request id) or the worker dies, then checks it in. The late
+///   reply never reaches anyone.
 pub struct Lease {
     pool: ActorRef<PoolMsg>,
     slot: usize,
@@ -32,9 +35,13 @@ pub struct Lease {
     pending_lm: Option<(Arc<LmConfig>, u64)>,
     lm_applied: Option<u64>,
     has_program: bool,
+    has_lm: bool,
     loaded: Option<String>,
-    in_flight: Option<Reply>,
+    lm_registered: Option<String>,
+    /// Resolve when the worker no longer owes a reply to a request of ours.
+    unsettled: Vec<oneshot::Receiver<()>>,
     outcome: Option<Result<(), WorkerError>>,
+    served: bool,
     armed: bool,
 }
 
@@ -44,7 +51,7 @@ impl std::fmt::Debug for Lease {
             .field("slot", &self.slot)
             .field("worker", &self.worker.worker_id())
             .field("pid", &self.worker.pid())
-            .field("in_flight", &self.in_flight.is_some())
+            .field("unsettled", &self.unsettled.len())
             .finish_non_exhaustive()
     }
 }
@@ -56,6 +63,7 @@ impl Lease {
         worker: WorkerHandle,
         pending_lm: Option<(Arc<LmConfig>, u64)>,
         has_program: bool,
+        has_lm: bool,
     ) -> Self {
         Self {
             pool,
@@ -64,9 +72,12 @@ impl Lease {
             pending_lm,
             lm_applied: None,
             has_program,
+            has_lm,
             loaded: None,
-            in_flight: None,
+            lm_registered: None,
+            unsettled: Vec::new(),
             outcome: None,
+            served: false,
             armed: true,
         }
     }
@@ -87,9 +98,9 @@ impl Lease {
     ///
     /// # Cancel safety
     /// Dropping the future while the request is in flight leaves the lease
-    /// holding its reply; dropping the lease then drains it (see the type's
-    /// docs). The worker is never handed to another caller before its reply
-    /// is in.
+    /// owing that reply; dropping the lease then keeps the worker out of
+    /// service until it is in (see the type's docs). The worker is never
+    /// handed to another caller before its reply is in.
     ///
     /// # Errors
     /// The worker's errors ([`WorkerError`]).
@@ -111,7 +122,8 @@ impl Lease {
     }
 
     /// Runs `program` on `inputs`, sending its definition along only if this
-    /// worker does not have it yet (or lost it).
+    /// worker does not have it yet (or lost it), and registering the LM
+    /// override `lm` (its id and configuration) only if this worker has not.
     ///
     /// # Cancel safety
     /// As [`Lease::call`].
@@ -120,39 +132,69 @@ impl Lease {
     /// The worker's errors ([`WorkerError`]).
     pub async fn execute(
         &mut self,
-        program: &ProgramDefinition,
-        hash: &str,
+        program: &ProgramVersion,
         inputs: Map<String, Value>,
-        lm: Option<LmConfig>,
+        lm: Option<(&str, &LmConfig)>,
         options: CallOptions,
     ) -> Result<Value, WorkerError> {
+        if let Some((lm_id, config)) = lm
+            && !self.has_lm
+        {
+            self.register_lm(lm_id, config, &options).await?;
+        }
         let args = |with_definition: bool| ExecuteArgs {
-            program_id: program.program_id.clone(),
+            program_id: program.id().to_owned(),
             inputs: inputs.clone(),
-            program: with_definition.then(|| program.clone()),
-            lm: lm.clone(),
+            program: with_definition.then(|| (*program.definition).clone()),
+            lm: None,
+            lm_id: lm.map(|(id, _)| id.to_owned()),
         };
-        let first = self
-            .call(
-                Command::ExecuteProgram(args(!self.has_program)),
-                options.clone(),
-            )
-            .await;
-        let result = match first {
-            // The worker lost it (reset_state, or deleted by hand): resend once.
-            Err(WorkerError::Remote(error))
-                if error.kind == ErrorKind::ProgramNotFound && self.has_program =>
-            {
-                self.call(Command::ExecuteProgram(args(true)), options)
-                    .await
+        let mut with_definition = !self.has_program;
+        let mut resent = false;
+        let result = loop {
+            let result = self
+                .call(Command::ExecuteProgram(args(with_definition)), options.clone())
+                .await;
+            let Err(WorkerError::Remote(error)) = &result else {
+                break result;
+            };
+            if resent {
+                break result;
             }
-            other => other,
+            // The worker lost what it was sent (reset_state, eviction): send
+            // it again, once.
+            match (&error.kind, lm) {
+                (ErrorKind::ProgramNotFound, _) if !with_definition => with_definition = true,
+                (ErrorKind::LmNotConfigured, Some((lm_id, config)))
+                    if names_lm(error.details.as_ref(), lm_id) =>
+                {
+                    self.register_lm(lm_id, config, &options).await?;
+                }
+                _ => break result,
+            }
+            resent = true;
         };
         if result.is_ok() && !self.has_program {
             self.has_program = true;
-            self.loaded = Some(hash.to_owned());
+            self.loaded = Some(program.hash.clone());
         }
         result
+    }
+
+    async fn register_lm(
+        &mut self,
+        lm_id: &str,
+        config: &LmConfig,
+        options: &CallOptions,
+    ) -> Result<(), WorkerError> {
+        let register = Command::RegisterLm {
+            lm_id: lm_id.to_owned(),
+            config: config.clone(),
+        };
+        self.call(register, options.clone()).await?;
+        self.has_lm = true;
+        self.lm_registered = Some(lm_id.to_owned());
+        Ok(())
     }
 
     async fn round_trip(
@@ -160,13 +202,17 @@ impl Lease {
         command: Command,
         options: CallOptions,
     ) -> Result<Value, WorkerError> {
-        let result = match self.worker.send(command, options) {
-            Ok(reply) => {
-                let reply = self.in_flight.insert(reply);
+        self.served = true;
+        let result = match self.worker.send_tracked(command, options) {
+            Ok((reply, settled)) => {
+                self.unsettled.push(settled);
                 let result = reply
                     .await
                     .unwrap_or_else(|_| Err(self.worker.unavailable()));
-                self.in_flight = None;
+                if !matches!(result, Err(WorkerError::RequestTimeout { .. })) {
+                    // Answered: the worker owes nothing for this request.
+                    self.unsettled.pop();
+                }
                 result
             }
             Err(error) => Err(error),
@@ -174,6 +220,15 @@ impl Lease {
         self.outcome = Some(result.as_ref().map(|_| ()).map_err(Clone::clone));
         result
     }
+}
+
+/// Whether an `LmNotConfigured` error's details name this LM id (the worker
+/// has forgotten a registered LM, rather than having none).
+fn names_lm(details: Option<&Value>, lm_id: &str) -> bool {
+    details
+        .and_then(|d| d.get("lm_id"))
+        .and_then(Value::as_str)
+        .is_some_and(|id| id == lm_id)
 }
 
 impl Drop for Lease {
@@ -186,12 +241,17 @@ impl Drop for Lease {
             slot: self.slot,
             pid: self.worker.pid(),
             loaded: self.loaded.take(),
+            lm_registered: self.lm_registered.take(),
             lm_applied: self.lm_applied,
+            served: self.served,
             decision: checkin_decision(self.outcome.as_ref(), panicked),
         };
-        let message = match self.in_flight.take() {
-            Some(reply) if !panicked => Inner::Drain(report, reply),
-            _ => Inner::Checkin(report),
+        let unsettled = std::mem::take(&mut self.unsettled);
+        let message = if unsettled.is_empty() || panicked {
+            Inner::Checkin(report)
+        } else {
+            let settled = futures::future::join_all(unsettled).map(|_| ()).boxed();
+            Inner::Drain(report, super::actor::Settled(settled))
         };
         // A pool that is gone has nobody to give the worker back to.
         let _ = self.pool.send_message(PoolMsg(message));

@@ -1,38 +1,47 @@
-//! Pool mode: a supervised set of workers behind a checkout queue.
+//! Pool mode — and single mode, which is this pool with one worker.
 //!
 //! ```text
 //! PoolSupervisor (rest_for_one)
-//! ├─ SessionJanitor    program definitions and sessions (SessionStore), TTL sweeps
+//! ├─ SessionJanitor    sessions (SessionStore), TTL sweeps
 //! ├─ Pool              checkout queue; supervises its workers (one_for_one, intensity, backoff)
 //! │    └─ Worker 0..N  each owns one Python process
-//! └─ HealthMonitor     pings the ready workers; kills one after N failures
+//! └─ HealthMonitor     pings the ready workers; replaces one after N failures
 //! ```
 //!
 //! The checkout contract is typed ([`CheckoutDecision`],
 //! [`CheckinDecision`]); a [`Lease`] is a checked-out worker and its drop is
 //! the check-in. Two deadlines apply: waiting for a worker
 //! ([`PoolError::CheckoutTimeout`]) and the request itself
-//! ([`WorkerError::RequestTimeout`]). Waiting is FIFO; with `max_queue`, a
+//! ([`WorkerError::RequestTimeout`]); a request's timeout covers both, so
+//! the worker gets what is left of it. Waiting is FIFO; with `max_queue`, a
 //! caller over the bound is refused at once ([`PoolError::Overloaded`]).
 //!
 //! Races closed by construction:
 //! - a worker handed to a caller that has just given up goes straight back
 //!   (the hand-off fails and the pool takes the lease back);
 //! - a caller dropped while queued leaves the queue (its guard tells the pool);
-//! - a caller dropped while its request runs leaves the reply to be drained
-//!   by request id; the worker serves nobody else until it is in;
-//! - a caller that panics holding a worker gets the worker removed.
+//! - a caller dropped while its request runs, or whose request passed its
+//!   deadline, leaves the worker out of service until the worker has
+//!   answered (or died): its late reply reaches nobody;
+//! - a caller that panics holding a worker gets the worker replaced.
 //!
-//! Programs live in the [`SessionStore`]; a worker is sent a definition only
-//! when it lacks that exact version. Sessions prefer the worker that served
-//! them; a *stateful* session runs only there, and gets
-//! [`PoolError::SessionLost`] once that worker is gone. The LM configuration
-//! is pool state: each worker receives it before it first serves and again
-//! (before its next request) after every change.
+//! Programs are given with each call as a [`ProgramVersion`] (the store is
+//! the caller's); a worker is sent a definition only when it lacks that
+//! exact version, and an LM override only when it has not registered it.
+//! Sessions prefer the worker that served them; a *stateful* session runs
+//! only there, and gets [`PoolError::SessionLost`] once that worker is gone.
+//! The LM configuration is pool state: each worker receives it before it
+//! first serves and again (before its next request) after every change.
+//!
+//! Lifecycle policies: workers are *recycled* (a replacement started first,
+//! the old one retired once idle, so capacity never drops) after
+//! [`RecyclePolicy`] limits; a pool whose restart budget is exhausted is
+//! `Failed`, and with a [`RevivePolicy`] tries again after a cool-down.
 
 mod actor;
 mod contract;
 mod lease;
+mod lifecycle;
 mod sessions;
 mod status;
 mod workers;
@@ -49,17 +58,18 @@ use dspex_supervision::{
 };
 use ractor::{Actor, ActorRef};
 use tokio::sync::{broadcast, oneshot, watch};
+use tokio::time::Instant;
 
 pub use actor::PoolMsg;
 pub use contract::{CheckinDecision, CheckoutDecision, SkipReason};
 pub use lease::Lease;
-pub use sessions::{SessionStore, StoredProgram, program_hash};
+pub use sessions::SessionStore;
 pub use status::{PoolCounters, PoolEvent, PoolState, PoolStatus, SlotPhase, SlotStatus};
 
 use crate::context::{TreeContext, TreeSpec, kill_stragglers};
 use crate::health::{HealthConfig, HealthMonitor, HealthStatus};
-use crate::process::{RunTag, SpawnStrategy};
-use crate::worker::{CallOptions, WorkerConfig, WorkerHandle};
+use crate::process::{FdLedger, RunTag, SpawnStrategy};
+use crate::worker::{CallOptions, WorkerConfig, WorkerEvent, WorkerHandle};
 use crate::{EnvError, PythonConfig, PythonEnv, WorkerError};
 use actor::{Inner, PoolActor, PoolArgs, SessionRequest, Waiter};
 use sessions::{JanitorArgs, SessionJanitor};
@@ -74,7 +84,7 @@ pub struct PoolConfig {
     /// Each worker's timeouts and limits (`request_timeout` is the default
     /// request deadline).
     pub worker: WorkerConfig,
-    /// Workers kept in service.
+    /// Workers kept in service (1 in single mode).
     pub size: usize,
     /// Extra workers started while callers wait and every worker is busy;
     /// stopped again once idle.
@@ -92,6 +102,11 @@ pub struct PoolConfig {
     pub intensity: RestartIntensity,
     /// Delay between restarts (default 100 ms ×2, capped at 5 s).
     pub backoff: Backoff,
+    /// When workers are replaced although healthy.
+    pub recycle: RecyclePolicy,
+    /// Whether, and how soon, a `Failed` pool tries again (`None`: `Failed`
+    /// is terminal).
+    pub revive: Option<RevivePolicy>,
     /// Health checks of ready workers.
     pub health: HealthConfig,
     /// How long an unused session is kept.
@@ -120,12 +135,71 @@ impl Default for PoolConfig {
             max_queue: None,
             intensity: RestartIntensity::default(),
             backoff: Backoff::default(),
+            recycle: RecyclePolicy::default(),
+            revive: None,
             health: HealthConfig::default(),
             session_ttl: Duration::from_secs(30 * 60),
             env: Vec::new(),
             args: Vec::new(),
             sweep_orphans: true,
             spawner: None,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Single mode: this configuration with exactly one worker and no
+    /// overflow — the same machinery (queue, concurrency, sessions, LM and
+    /// program tracking, health monitor, recycling, revive) with one worker.
+    #[must_use]
+    pub fn single(mut self) -> Self {
+        self.size = 1;
+        self.max_overflow = 0;
+        self
+    }
+}
+
+/// When a healthy worker is replaced anyway, as gunicorn's `max_requests`,
+/// Celery's `max_tasks_per_child` or snakepit's `worker_ttl` do. The
+/// replacement is started first and the old worker retired once idle, so no
+/// caller sees an error and the pool never has fewer ready workers than its
+/// size. A worker holding a stateful session is recycled only once its
+/// sessions have ended or expired (its state would be lost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecyclePolicy {
+    /// After this many requests (leases) served.
+    pub max_requests: Option<u64>,
+    /// After this long in service.
+    pub max_age: Option<Duration>,
+    /// Once its resident memory exceeds this many MiB.
+    pub max_rss_mb: Option<u64>,
+}
+
+impl RecyclePolicy {
+    /// Whether any limit is set.
+    pub fn is_enabled(&self) -> bool {
+        self.max_requests.is_some() || self.max_age.is_some() || self.max_rss_mb.is_some()
+    }
+}
+
+/// How a `Failed` pool tries again: after `cooldown.delay(n)` for the `n`th
+/// consecutive attempt (so the default waits 1 s, 2 s, 4 s, ... up to 60 s),
+/// it starts its workers afresh under a new restart budget, and emits
+/// [`PoolEvent::Revived`] once a worker serves again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RevivePolicy {
+    /// The cool-down before each attempt.
+    pub cooldown: Backoff,
+}
+
+impl Default for RevivePolicy {
+    fn default() -> Self {
+        Self {
+            cooldown: Backoff {
+                initial: Duration::from_secs(1),
+                factor: 2,
+                max: Duration::from_secs(60),
+            },
         }
     }
 }
@@ -151,18 +225,14 @@ pub enum PoolError {
     Unavailable {
         /// The last failure.
         cause: String,
+        /// When the pool tries again (with a revive policy).
+        retry_in: Option<Duration>,
     },
     /// The stateful session's worker is gone, and its state with it.
     #[error("session {session_id} was lost with its worker; start a new session")]
     SessionLost {
         /// The session.
         session_id: String,
-    },
-    /// No such program in the pool's store.
-    #[error("no program {program_id:?} in this pool")]
-    ProgramNotFound {
-        /// The program id asked for.
-        program_id: String,
     },
     /// The pool is shutting down or has stopped.
     #[error("the pool is shutting down")]
@@ -217,10 +287,41 @@ impl Session {
 pub struct RequestOptions {
     /// The checkout options.
     pub checkout: CheckoutOptions,
-    /// Overrides the request timeout.
+    /// The request's whole time budget, waiting for a worker included
+    /// (default: the worker's `request_timeout`). The worker is given what
+    /// is left of it when the request is sent.
     pub timeout: Option<Duration>,
-    /// An LM for this request only (`execute` only).
+    /// An LM for this request only (`execute` only). A worker registers it
+    /// once (by [`LmConfig::id`]); later requests only name it.
     pub lm: Option<LmConfig>,
+}
+
+/// One version of a program: its definition and [`ProgramDefinition::hash`].
+/// A worker that has loaded this hash has this exact definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramVersion {
+    /// The definition sent to workers that lack it.
+    pub definition: Arc<ProgramDefinition>,
+    /// Its hash.
+    pub hash: String,
+}
+
+impl ProgramVersion {
+    /// The version of `definition`.
+    pub fn new(definition: ProgramDefinition) -> Self {
+        Self::from_arc(Arc::new(definition))
+    }
+
+    /// The version of a shared definition.
+    pub fn from_arc(definition: Arc<ProgramDefinition>) -> Self {
+        let hash = definition.hash();
+        Self { definition, hash }
+    }
+
+    /// The program id.
+    pub fn id(&self) -> &str {
+        &self.definition.program_id
+    }
 }
 
 /// A running pool. Cheap to clone; every clone drives the same pool.
@@ -234,11 +335,15 @@ struct PoolInner {
     actor: watch::Receiver<Option<ActorRef<PoolMsg>>>,
     status: watch::Receiver<PoolStatus>,
     health: watch::Receiver<HealthStatus>,
+    ready_workers: watch::Receiver<Vec<WorkerHandle>>,
     events: broadcast::Sender<PoolEvent>,
+    worker_events: broadcast::Sender<WorkerEvent>,
     store: SessionStore,
     supervisor: SupervisorHandle,
     run_tag: RunTag,
+    fds: FdLedger,
     checkout_timeout: Duration,
+    request_timeout: Duration,
     tickets: AtomicU64,
 }
 
@@ -276,6 +381,9 @@ impl Pool {
         python: PythonEnv,
         parent: Option<ractor::ActorCell>,
     ) -> Result<Self, PoolError> {
+        if config.size == 0 {
+            return Err(PoolError::Start("a pool needs at least one worker".into()));
+        }
         let ctx = Arc::new(
             TreeContext::start(TreeSpec {
                 name: &config.name,
@@ -348,7 +456,7 @@ impl Pool {
             .shutdown(Duration::from_secs(40)),
         )
         .child(HealthMonitor::child(
-            ready_workers,
+            ready_workers.clone(),
             health_config,
             health_tx,
         ));
@@ -363,11 +471,15 @@ impl Pool {
                 actor,
                 status,
                 health,
+                ready_workers,
                 events,
+                worker_events: ctx.events.clone(),
                 store,
                 supervisor,
                 run_tag: ctx.run_tag.clone(),
+                fds: ctx.fds.clone(),
                 checkout_timeout: config.checkout_timeout,
+                request_timeout: config.worker.request_timeout,
                 tickets: AtomicU64::new(1),
             }),
         })
@@ -379,6 +491,37 @@ impl Pool {
             .borrow()
             .clone()
             .ok_or(PoolError::ShuttingDown)
+    }
+
+    /// Whether a caller would be admitted now: `Err` at once while the pool
+    /// is `Failed` (with when it tries again) or shutting down. A full queue
+    /// is not an error here; [`Pool::has_room`] tells.
+    ///
+    /// # Errors
+    /// [`PoolError::Unavailable`], [`PoolError::ShuttingDown`].
+    pub fn admission(&self) -> Result<(), PoolError> {
+        let status = self.inner.status.borrow();
+        match &status.state {
+            PoolState::Running => Ok(()),
+            PoolState::Failed(cause) => Err(PoolError::Unavailable {
+                cause: cause.clone(),
+                retry_in: status
+                    .revive_at
+                    .map(|at| at.saturating_duration_since(std::time::Instant::now())),
+            }),
+            PoolState::Draining | PoolState::Stopped => Err(PoolError::ShuttingDown),
+        }
+    }
+
+    /// Whether a new caller would be served or queued rather than refused
+    /// as overloaded (the queue has room, or a worker is free), as of the
+    /// latest status.
+    pub fn has_room(&self) -> bool {
+        let status = self.inner.status.borrow();
+        match status.max_queue {
+            None => true,
+            Some(max) => status.queued < max || status.idle > 0,
+        }
     }
 
     /// Checks a worker out: waits (FIFO, up to the checkout timeout) for a
@@ -394,20 +537,16 @@ impl Pool {
     /// [`PoolError::Unavailable`], [`PoolError::SessionLost`],
     /// [`PoolError::ShuttingDown`].
     pub async fn checkout(&self, options: CheckoutOptions) -> Result<Lease, PoolError> {
-        self.checkout_for(options, None).await
+        self.checkout_for(options, Wants::default()).await
     }
 
     async fn checkout_for(
         &self,
         options: CheckoutOptions,
-        program: Option<String>,
+        wants: Wants,
     ) -> Result<Lease, PoolError> {
         let timeout = options.timeout.unwrap_or(self.inner.checkout_timeout);
-        if let PoolState::Failed(cause) = &self.inner.status.borrow().state {
-            return Err(PoolError::Unavailable {
-                cause: cause.clone(),
-            });
-        }
+        self.admission()?;
         if let Some(session) = &options.session {
             self.inner
                 .store
@@ -422,7 +561,8 @@ impl Pool {
                 id: s.id,
                 stateful: s.stateful,
             }),
-            program,
+            program: wants.program,
+            lm: wants.lm,
             reply,
         };
         actor
@@ -445,10 +585,11 @@ impl Pool {
     /// Checks a worker out, runs `f` with the lease, and checks it in.
     ///
     /// If `f` panics, the panic propagates to the caller and the worker is
-    /// removed (killed and replaced): its state is not trusted.
+    /// replaced: its state is not trusted.
     ///
     /// # Cancel safety
-    /// As [`Lease::call`]: dropping the future mid-request drains the reply.
+    /// As [`Lease::call`]: dropping the future mid-request keeps the worker
+    /// out of service until its reply is in.
     ///
     /// # Errors
     /// The checkout's errors.
@@ -461,7 +602,7 @@ impl Pool {
         Ok(f(&mut lease).await)
     }
 
-    /// Runs one command on a worker.
+    /// Runs one command on a worker, within the request's time budget.
     ///
     /// # Cancel safety
     /// Dropping the future while queued leaves the queue; while the request
@@ -474,95 +615,82 @@ impl Pool {
         command: Command,
         options: RequestOptions,
     ) -> Result<Value, PoolError> {
-        let mut attempt = 1;
-        loop {
-            let mut lease = self.checkout(options.checkout.clone()).await?;
-            match lease.call(command.clone(), call_options(&options)).await {
-                // It never reached that worker (gone a moment ago): it did
-                // not run, so another worker may take it.
-                Err(WorkerError::NotDelivered { .. }) if attempt < REDELIVERIES => attempt += 1,
-                result => return Ok(result?),
-            }
-        }
+        let budget = Budget::new(&options, self.inner.request_timeout);
+        redeliver(async || {
+            let mut lease = self
+                .checkout_for(budget.checkout(&options.checkout)?, Wants::default())
+                .await?;
+            Ok(lease
+                .call(command.clone(), budget.call_options(&options)?)
+                .await)
+        })
+        .await
     }
 
-    /// Validates a program on a worker and stores it in the pool, so any
-    /// worker can run it. A definition the worker rejects (a bad signature)
-    /// is an error and changes nothing.
+    /// Validates a program on a worker (which keeps it loaded) and returns
+    /// its version, which any worker can then run. A definition the worker
+    /// rejects (a bad signature) is an error.
     ///
     /// # Cancel safety
-    /// If dropped before the worker answered, nothing is stored.
+    /// Cancel safe: dropping it only loses the answer.
     ///
     /// # Errors
     /// The checkout's errors, or the worker's (`SignatureError`, ...).
-    pub async fn create_program(&self, definition: ProgramDefinition) -> Result<Value, PoolError> {
-        let hash = program_hash(&definition);
-        let mut lease = self
-            .checkout_for(CheckoutOptions::default(), Some(hash))
-            .await?;
-        let reply = lease
+    pub async fn create_program(
+        &self,
+        definition: ProgramDefinition,
+    ) -> Result<ProgramVersion, PoolError> {
+        let program = ProgramVersion::new(definition);
+        let wants = Wants {
+            program: Some(program.hash.clone()),
+            lm: None,
+        };
+        let mut lease = self.checkout_for(CheckoutOptions::default(), wants).await?;
+        lease
             .call(
-                Command::CreateProgram(definition.clone()),
+                Command::CreateProgram((*program.definition).clone()),
                 CallOptions::default(),
             )
             .await?;
-        let stored = self.inner.store.put_program(definition);
-        lease.mark_loaded(&stored.hash);
-        Ok(reply)
+        lease.mark_loaded(&program.hash);
+        Ok(program)
     }
 
-    /// Runs a stored program. The definition goes along only to a worker
-    /// that lacks it.
+    /// Runs a program version. The definition goes along only to a worker
+    /// that lacks it, an LM override only to one that has not registered it.
     ///
     /// # Cancel safety
     /// As [`Pool::call`].
     ///
     /// # Errors
-    /// [`PoolError::ProgramNotFound`] (nothing sent), the checkout's errors,
-    /// or the worker's.
+    /// The checkout's errors, or the worker's.
     pub async fn execute(
         &self,
-        program_id: &str,
+        program: &ProgramVersion,
         inputs: Map<String, Value>,
         options: RequestOptions,
     ) -> Result<Value, PoolError> {
-        let stored =
-            self.inner
-                .store
-                .program(program_id)
-                .ok_or_else(|| PoolError::ProgramNotFound {
-                    program_id: program_id.to_owned(),
-                })?;
-        let mut attempt = 1;
-        loop {
+        let budget = Budget::new(&options, self.inner.request_timeout);
+        let lm = options.lm.as_ref().map(|config| (config.id(), config));
+        redeliver(async || {
+            let wants = Wants {
+                program: Some(program.hash.clone()),
+                lm: lm.as_ref().map(|(id, _)| id.clone()),
+            };
             let mut lease = self
-                .checkout_for(options.checkout.clone(), Some(stored.hash.clone()))
+                .checkout_for(budget.checkout(&options.checkout)?, wants)
                 .await?;
-            let call = call_options(&options);
-            let lm = options.lm.clone();
-            match lease
-                .execute(&stored.definition, &stored.hash, inputs.clone(), lm, call)
-                .await
-            {
-                Err(WorkerError::NotDelivered { .. }) if attempt < REDELIVERIES => attempt += 1,
-                result => return Ok(result?),
-            }
-        }
-    }
-
-    /// Removes a program from the pool's store (workers forget it lazily).
-    pub fn delete_program(&self, program_id: &str) -> bool {
-        self.inner.store.delete_program(program_id)
-    }
-
-    /// The programs in the pool's store.
-    pub fn programs(&self) -> &SessionStore {
-        &self.inner.store
+            let call = budget.call_options(&options)?;
+            let lm = lm.as_ref().map(|(id, config)| (id.as_str(), *config));
+            Ok(lease.execute(program, inputs.clone(), lm, call).await)
+        })
+        .await
     }
 
     /// Sets the pool's LM. It is validated on one worker first: a bad
     /// configuration is an error and changes nothing. Then every worker gets
-    /// it before its next request, and every new worker before it serves.
+    /// it before its next request, and every new worker before it serves:
+    /// the configuration (and its key) crosses each pipe once per change.
     ///
     /// # Cancel safety
     /// If dropped before validation finished, the pool's LM is unchanged.
@@ -591,6 +719,11 @@ impl Pool {
         }
     }
 
+    /// The sessions of this pool.
+    pub fn sessions(&self) -> &SessionStore {
+        &self.inner.store
+    }
+
     /// The latest status. Never waits on an actor.
     pub fn status(&self) -> PoolStatus {
         self.inner.status.borrow().clone()
@@ -611,7 +744,46 @@ impl Pool {
         self.inner.events.subscribe()
     }
 
-    /// The pool's supervisor (rest_for_one over store, pool, health monitor).
+    /// Worker events (spawned, ready, exited) from now on.
+    pub fn worker_events(&self) -> broadcast::Receiver<WorkerEvent> {
+        self.inner.worker_events.subscribe()
+    }
+
+    /// The workers that are ready and serving, as last published.
+    pub fn ready_workers(&self) -> Vec<WorkerHandle> {
+        self.inner.ready_workers.borrow().clone()
+    }
+
+    /// Waits until a worker is ready and returns it (the first one, in slot
+    /// order).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes.
+    ///
+    /// # Errors
+    /// [`PoolError::CheckoutTimeout`] after `timeout`; the admission errors
+    /// ([`Pool::admission`]) as soon as they apply.
+    pub async fn ready_worker(&self, timeout: Duration) -> Result<WorkerHandle, PoolError> {
+        let wait = async {
+            let mut ready = self.inner.ready_workers.clone();
+            let mut status = self.inner.status.clone();
+            loop {
+                self.admission()?;
+                if let Some(worker) = ready.borrow_and_update().first().cloned() {
+                    return Ok(worker);
+                }
+                tokio::select! {
+                    changed = ready.changed() => changed.map_err(|_| PoolError::ShuttingDown)?,
+                    changed = status.changed() => changed.map_err(|_| PoolError::ShuttingDown)?,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(PoolError::CheckoutTimeout(timeout)))
+    }
+
+    /// The pool's supervisor (rest_for_one over sessions, pool, health monitor).
     pub fn supervisor(&self) -> &SupervisorHandle {
         &self.inner.supervisor
     }
@@ -619,6 +791,12 @@ impl Pool {
     /// The tag every process of this pool carries.
     pub fn run_tag(&self) -> &RunTag {
         &self.inner.run_tag
+    }
+
+    /// The pipes this pool opened to its processes (for leak checks: none
+    /// may stay open once the pool has stopped).
+    pub fn fds(&self) -> &FdLedger {
+        &self.inner.fds
     }
 
     /// Waits until the pool actor has handled every message sent to it
@@ -649,27 +827,93 @@ impl Pool {
         Ok(resume)
     }
 
-    /// Shuts the pool down gracefully: new callers are refused at once
-    /// ([`PoolError::ShuttingDown`]); requests in flight get up to half of
-    /// `timeout` to finish; then everything stops in order (health monitor,
-    /// the pool with its workers' EOF → SIGTERM → SIGKILL, the store) and no
-    /// process of the pool is left — stragglers are killed. Returns how many
-    /// stragglers there were.
+    /// Stops admitting callers: new ones are refused at once
+    /// ([`PoolError::ShuttingDown`]), those waiting for a worker are told so,
+    /// and leases already out finish. Then waits up to `grace` for them to
+    /// come back. Returns whether they all did.
+    ///
+    /// # Cancel safety
+    /// The pool stays closed if the future is dropped; only the wait is cut.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        let Ok(actor) = self.actor() else {
+            return true;
+        };
+        let (done, closed) = oneshot::channel();
+        if actor.send_message(PoolMsg(Inner::Close(done))).is_err() || closed.await.is_err() {
+            return true;
+        }
+        let mut status = self.inner.status.clone();
+        let drained = status.wait_for(|s| s.leases == 0);
+        matches!(tokio::time::timeout(grace, drained).await, Ok(Ok(_)))
+    }
+
+    /// Shuts the pool down gracefully: [`Pool::drain`] with `grace` (in-flight
+    /// requests finish), then everything stops in order (health monitor, the
+    /// pool with its workers' EOF → SIGTERM → SIGKILL, the sessions) within
+    /// `stop_timeout`, and no process of the pool is left — stragglers are
+    /// killed. Returns how many stragglers there were.
     ///
     /// # Cancel safety
     /// The shutdown proceeds if the future is dropped after the drain.
-    pub async fn shutdown(&self, timeout: Duration) -> usize {
-        if let Ok(actor) = self.actor() {
-            let (done, closed) = oneshot::channel();
-            if actor.send_message(PoolMsg(Inner::Close(done))).is_ok() {
-                let _ = closed.await;
-                let mut status = self.inner.status.clone();
-                let drained = status.wait_for(|s| s.leases == 0);
-                let _ = tokio::time::timeout(timeout / 2, drained).await;
-            }
+    pub async fn shutdown(&self, grace: Duration, stop_timeout: Duration) -> usize {
+        if !self.drain(grace).await {
+            tracing::warn!(?grace, "shutdown: requests still in flight after the grace; stopping anyway");
         }
-        self.inner.supervisor.stop(timeout).await;
+        self.inner.supervisor.stop(stop_timeout).await;
         kill_stragglers(&self.inner.run_tag)
+    }
+}
+
+/// What a checkout is for: the worker that already has these is preferred
+/// nowhere, but the lease knows what it may skip sending.
+#[derive(Debug, Default)]
+struct Wants {
+    program: Option<String>,
+    lm: Option<String>,
+}
+
+/// A request's time budget, fixed when it arrives: waiting for a worker
+/// and the request itself share it.
+struct Budget {
+    deadline: Instant,
+    total: Duration,
+}
+
+impl Budget {
+    fn new(options: &RequestOptions, default: Duration) -> Self {
+        let total = options.timeout.unwrap_or(default);
+        Self {
+            deadline: Instant::now() + total,
+            total,
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Checkout options that wait no longer than what is left.
+    fn checkout(&self, options: &CheckoutOptions) -> Result<CheckoutOptions, PoolError> {
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return Err(PoolError::CheckoutTimeout(self.total));
+        }
+        let mut options = options.clone();
+        options.timeout = Some(options.timeout.map_or(remaining, |t| t.min(remaining)));
+        Ok(options)
+    }
+
+    /// The call's options with what is left of the budget as its timeout.
+    fn call_options(&self, options: &RequestOptions) -> Result<CallOptions, PoolError> {
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return Err(PoolError::CheckoutTimeout(self.total));
+        }
+        Ok(CallOptions {
+            session_id: options.checkout.session.as_ref().map(|s| s.id.clone()),
+            timeout: Some(remaining),
+            ..CallOptions::default()
+        })
     }
 }
 
@@ -677,10 +921,18 @@ impl Pool {
 /// just died) is offered to a worker.
 const REDELIVERIES: u32 = 3;
 
-fn call_options(options: &RequestOptions) -> CallOptions {
-    CallOptions {
-        session_id: options.checkout.session.as_ref().map(|s| s.id.clone()),
-        timeout: options.timeout,
+/// Runs `attempt` until its request reached a worker: a
+/// [`WorkerError::NotDelivered`] means it did not run, so another worker
+/// (or the replacement) may take it, up to [`REDELIVERIES`] times.
+async fn redeliver(
+    mut attempt: impl AsyncFnMut() -> Result<Result<Value, WorkerError>, PoolError>,
+) -> Result<Value, PoolError> {
+    let mut tries = 1;
+    loop {
+        match attempt().await? {
+            Err(WorkerError::NotDelivered { .. }) if tries < REDELIVERIES => tries += 1,
+            result => return Ok(result?),
+        }
     }
 }
 

@@ -8,7 +8,9 @@ pub enum PoolState {
     /// Serving (possibly while workers restart).
     Running,
     /// The restart budget is exhausted; the text is the last failure (with
-    /// the worker's exit status and stderr tail). Calls fail at once.
+    /// the worker's exit status and stderr tail). Calls fail at once. Final,
+    /// unless the pool has a revive policy (then `revive_at` says when it
+    /// tries again).
     Failed(String),
     /// Shutting down: no new callers; leases out are finishing.
     Draining,
@@ -29,6 +31,9 @@ pub enum SlotPhase {
     Ready,
     /// Its process is gone; the supervisor is restarting it.
     Down,
+    /// Being recycled: its replacement serves; it finishes what it has
+    /// (and the stateful sessions it holds), then it is stopped.
+    Retiring,
     /// An overflow slot no longer in use.
     Retired,
 }
@@ -50,6 +55,11 @@ pub struct SlotStatus {
     pub programs: usize,
     /// Callers waiting for it specifically (stateful sessions).
     pub queued: usize,
+    /// Requests its current process has served.
+    pub requests: u64,
+    /// Its resident memory at the last look, in bytes (0: not measured;
+    /// measured when a memory recycling limit is set).
+    pub rss_bytes: u64,
 }
 
 /// Counters since the pool started.
@@ -65,8 +75,15 @@ pub struct PoolCounters {
     pub overloaded: u64,
     /// Callers refused because their stateful session's worker was gone.
     pub session_lost: u64,
-    /// Workers taken out of service by a check-in or checkout decision.
+    /// Workers taken out of service as broken (counted as crashes).
     pub removed: u64,
+    /// Workers replaced on the pool's own decision (a panicking caller):
+    /// not counted as crashes.
+    pub replaced: u64,
+    /// Workers retired by recycling, after their replacement was ready.
+    pub recycled: u64,
+    /// Times the pool served again after `Failed` (revive policy).
+    pub revived: u64,
     /// Leases dropped with a request in flight, whose reply was drained.
     pub drained: u64,
     /// Check-ins for a worker that was already gone.
@@ -74,7 +91,8 @@ pub struct PoolCounters {
 }
 
 /// A snapshot of the pool. `idle + busy + starting + not_started` is the
-/// number of worker slots in service.
+/// number of worker slots in service (`retiring` ones, on their way out, are
+/// counted apart).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolStatus {
     /// Lifecycle.
@@ -87,8 +105,12 @@ pub struct PoolStatus {
     pub starting: usize,
     /// Slots of a lazy pool not started yet.
     pub not_started: usize,
+    /// Workers being recycled (finishing their leases; taking no new one).
+    pub retiring: usize,
     /// Callers waiting for a worker.
     pub queued: usize,
+    /// The bound on waiting callers, if any.
+    pub max_queue: Option<usize>,
     /// Leases out.
     pub leases: usize,
     /// Leases one worker takes at once.
@@ -99,6 +121,8 @@ pub struct PoolStatus {
     pub sessions: usize,
     /// How many times the LM configuration changed.
     pub lm_generation: u64,
+    /// When a `Failed` pool tries again (revive policy), if it will.
+    pub revive_at: Option<std::time::Instant>,
     /// Counters.
     pub counters: PoolCounters,
     /// Every worker slot in service.
@@ -106,25 +130,6 @@ pub struct PoolStatus {
 }
 
 impl PoolStatus {
-    /// The status of a pool that has not published yet.
-    pub(crate) fn empty() -> Self {
-        Self {
-            state: PoolState::Running,
-            idle: 0,
-            busy: 0,
-            starting: 0,
-            not_started: 0,
-            queued: 0,
-            leases: 0,
-            capacity_per_worker: 1,
-            restarts: 0,
-            sessions: 0,
-            lm_generation: 0,
-            counters: PoolCounters::default(),
-            workers: Vec::new(),
-        }
-    }
-
     /// The pids of the workers currently in service.
     pub fn pids(&self) -> Vec<u32> {
         self.workers
@@ -171,14 +176,30 @@ pub enum PoolEvent {
         /// Its pid.
         pid: u32,
     },
+    /// A recycled worker was retired (its replacement serves).
+    WorkerRecycled {
+        /// Its id.
+        id: String,
+        /// Its pid.
+        pid: u32,
+        /// Which limit it reached.
+        reason: String,
+    },
     /// A stateful session's worker is gone.
     SessionLost {
         /// The session.
         session_id: String,
     },
-    /// The pool gave up (emitted once).
+    /// The pool gave up (emitted once per failure).
     PoolFailed {
         /// The last failure.
         cause: String,
     },
+    /// A `Failed` pool starts its workers again (revive policy).
+    Reviving {
+        /// The attempt since it last served (1 for the first).
+        attempt: u32,
+    },
+    /// A revived pool serves again (emitted once per recovery).
+    Revived,
 }

@@ -25,6 +25,7 @@
 //!   whatever carries its tag the moment the host is gone (descendants of
 //!   workers included, which the parent-death signal does not reach).
 
+mod fds;
 mod owner;
 mod spawner;
 mod stderr;
@@ -41,6 +42,7 @@ use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use fds::{FdLedger, OpenFd, rss_bytes};
 pub use owner::WorkerProcess;
 pub use spawner::DirectSpawner;
 pub use stderr::{STDERR_TAIL_BYTES, StderrTail};
@@ -100,6 +102,8 @@ pub struct WorkerCommand {
     pub env: Vec<(OsString, OsString)>,
     /// The tag of the tree that owns the worker.
     pub run_tag: RunTag,
+    /// Where the spawner records the pipes it opens to the worker.
+    pub fds: FdLedger,
 }
 
 /// Why a process could not be started.

@@ -10,6 +10,7 @@
 #![allow(unsafe_code)] // `pre_exec` is the only way to set up the child before `exec`.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::thread;
@@ -148,6 +149,11 @@ fn spawn_child(command: &WorkerCommand) -> Result<Spawned, SpawnError> {
             source: io::Error::other("child has no piped stdio"),
         });
     };
+    command.fds.record([
+        stdin.as_raw_fd(),
+        stdout.as_raw_fd(),
+        stderr.as_raw_fd(),
+    ]);
     Ok(Spawned {
         pid,
         stdin: Box::new(stdin),

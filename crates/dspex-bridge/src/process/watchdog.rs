@@ -47,7 +47,7 @@ impl Watchdog {
     ///
     /// # Errors
     /// The OS error if `/bin/sh` cannot be started.
-    pub fn start(tag: &RunTag) -> std::io::Result<Self> {
+    pub fn start(tag: &RunTag, fds: &super::FdLedger) -> std::io::Result<Self> {
         let mut child: Child = Command::new("/bin/sh")
             .arg("-c")
             .arg(SCRIPT)
@@ -62,6 +62,7 @@ impl Watchdog {
             .stdin
             .take()
             .ok_or_else(|| std::io::Error::other("watchdog has no stdin"))?;
+        fds.record([std::os::fd::AsRawFd::as_raw_fd(&pipe)]);
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
@@ -78,7 +79,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_watchdog_kills_the_tagged_processes() {
         let tag = RunTag::new();
-        let watchdog = Watchdog::start(&tag).unwrap();
+        let watchdog = Watchdog::start(&tag, &crate::process::FdLedger::default()).unwrap();
         // A stray, as a worker's subprocess would be: tagged, not our worker.
         let mut stray = std::process::Command::new("sleep")
             .arg("1000")

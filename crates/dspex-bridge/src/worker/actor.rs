@@ -10,14 +10,17 @@ use bytes::{Bytes, BytesMut};
 use dspex_protocol::{
     Command, ErrorKind, MessageCodec, ProtocolError, Request, RequestId, Response, Value,
 };
+use dspex_supervision::replace_reason;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 
-use super::{WorkerConfig, WorkerEvent, WorkerInfo, WorkerState};
+use super::timers::{Timer, Timers};
+use super::{OnHang, WorkerConfig, WorkerEvent, WorkerInfo, WorkerState};
 use crate::WorkerError;
 use crate::process::{SpawnStrategy, WorkerCommand, WorkerProcess};
 
@@ -59,12 +62,15 @@ pub(crate) enum Inner {
     Call(Box<Call>),
     Info(RpcReplyPort<WorkerInfo>),
     CloseStdin,
+    /// Kill the process; the exit is a failure (it counts as a crash).
     Kill(String),
+    /// Kill the process on its owner's decision; the supervisor replaces the
+    /// worker without counting it as a crash.
+    Replace(String),
     Frame(Result<Response, Arc<ProtocolError>>),
     WriteFailed(String, Vec<RequestId>),
     Exited,
-    Deadline(RequestId),
-    BootTimeout,
+    Tick,
 }
 
 #[derive(Debug)]
@@ -72,17 +78,24 @@ pub(crate) struct Call {
     pub(crate) command: Command,
     pub(crate) session_id: Option<String>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) on_hang: OnHang,
+    /// Dropped once the worker owes no reply for this request.
+    pub(crate) settled: Option<tokio::sync::oneshot::Sender<()>>,
     pub(crate) reply: RpcReplyPort<Result<Value, WorkerError>>,
 }
 
 struct Pending {
-    reply: RpcReplyPort<Result<Value, WorkerError>>,
-    timer: JoinHandle<()>,
+    /// `None` once the caller has been answered at the deadline; the entry
+    /// then only waits for the worker's late reply (or its hang).
+    reply: Option<RpcReplyPort<Result<Value, WorkerError>>>,
     timeout: Duration,
+    on_hang: OnHang,
     /// Encoded and waiting for the handshake, if not sent yet.
     unsent: Option<Bytes>,
     /// The `shutdown` command: once answered, the exit that follows is expected.
     shutdown: bool,
+    /// Dropped with the entry: tells whoever tracks it the worker is done.
+    _settled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The actor's state: the process and everything in flight on it.
@@ -96,10 +109,13 @@ pub struct WorkerActorState {
     codec: MessageCodec<Request, Response>,
     state: WorkerState,
     pending: HashMap<RequestId, Pending>,
+    timers: Timers,
     next_id: RequestId,
     served: u64,
     /// Why this actor killed its process, once it has.
     kill_reason: Option<WorkerError>,
+    /// The kill was its owner's decision: the exit asks for a replacement.
+    replace: bool,
     events: Option<broadcast::Sender<WorkerEvent>>,
     status: watch::Sender<Status>,
     tasks: Vec<JoinHandle<()>>,
@@ -121,9 +137,6 @@ impl Drop for WorkerActorState {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
-        }
-        for (_, pending) in self.pending.drain() {
-            pending.timer.abort();
         }
         // Dropping `process` kills what is left; its reaper still reaps.
     }
@@ -158,7 +171,7 @@ impl Actor for Worker {
             });
         }
 
-        let mut tasks = Vec::with_capacity(4);
+        let mut tasks = Vec::with_capacity(3);
         let (writer, outbox) = mpsc::unbounded_channel();
         let written = Arc::new(AtomicU64::new(0));
         if let Some(stdin) = process.take_stdin() {
@@ -187,11 +200,8 @@ impl Actor for Worker {
             let _ = me.send_message(WorkerMsg(Inner::Exited));
         }));
         let me = myself.clone();
-        let boot_timeout = args.config.boot_timeout;
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(boot_timeout).await;
-            let _ = me.send_message(WorkerMsg(Inner::BootTimeout));
-        }));
+        let mut timers = Timers::start(move || me.send_message(WorkerMsg(Inner::Tick)).is_ok());
+        timers.add(Instant::now() + args.config.boot_timeout, Timer::Boot);
 
         Ok(WorkerActorState {
             worker_id,
@@ -202,9 +212,11 @@ impl Actor for Worker {
             written,
             state: WorkerState::Booting,
             pending: HashMap::new(),
+            timers,
             next_id: 1,
             served: 0,
             kill_reason: None,
+            replace: false,
             events: args.events,
             status: args.status,
             tasks,
@@ -219,7 +231,7 @@ impl Actor for Worker {
         state: &mut WorkerActorState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            Inner::Call(call) => state.call(&myself, *call),
+            Inner::Call(call) => state.call(*call),
             Inner::Info(reply) => {
                 let _ = reply.send(state.info());
             }
@@ -228,6 +240,14 @@ impl Actor for Worker {
             }
             Inner::Kill(reason) => {
                 tracing::warn!(worker = %state.worker_id, pid = state.process.pid(), %reason, "killing the worker");
+                state.kill(WorkerError::Killed {
+                    worker_id: state.worker_id.clone(),
+                    reason,
+                });
+            }
+            Inner::Replace(reason) => {
+                tracing::info!(worker = %state.worker_id, pid = state.process.pid(), %reason, "replacing the worker");
+                state.replace = true;
                 state.kill(WorkerError::Killed {
                     worker_id: state.worker_id.clone(),
                     reason,
@@ -242,8 +262,11 @@ impl Actor for Worker {
                 state.writer.take();
                 state.not_delivered(&ids);
             }
-            Inner::Deadline(id) => state.on_deadline(id),
-            Inner::BootTimeout => state.on_boot_timeout(),
+            Inner::Tick => {
+                for timer in state.timers.take_due(Instant::now()) {
+                    state.on_timer(timer);
+                }
+            }
             Inner::Exited => return state.on_exit(&myself),
         }
         Ok(())
@@ -267,7 +290,12 @@ impl Actor for Worker {
 }
 
 impl WorkerActorState {
-    fn call(&mut self, myself: &ActorRef<WorkerMsg>, call: Call) {
+    fn call(&mut self, call: Call) {
+        if let Err(error) = call.command.validate() {
+            // Refused before any byte reached the worker: it stays as it was.
+            let _ = call.reply.send(Err(WorkerError::Refused(Arc::new(error))));
+            return;
+        }
         let id = self.next_id;
         let timeout = call.timeout.unwrap_or(self.config.request_timeout);
         let shutdown = matches!(call.command, Command::Shutdown);
@@ -276,7 +304,6 @@ impl WorkerActorState {
         request.session_id = call.session_id;
         let mut frame = BytesMut::new();
         if let Err(error) = self.codec.encode(&request, &mut frame) {
-            // Refused before any byte reached the worker: it stays as it was.
             let _ = call.reply.send(Err(WorkerError::Refused(Arc::new(error))));
             return;
         }
@@ -296,19 +323,17 @@ impl WorkerActorState {
         } else {
             (Some(frame), None)
         };
-        let me = myself.clone();
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let _ = me.send_message(WorkerMsg(Inner::Deadline(id)));
-        });
+        self.timers
+            .add(Instant::now() + timeout, Timer::Deadline(id));
         self.pending.insert(
             id,
             Pending {
-                reply: call.reply,
-                timer,
+                reply: Some(call.reply),
                 timeout,
+                on_hang: call.on_hang,
                 unsent,
                 shutdown,
+                _settled: call.settled,
             },
         );
         if let Some(frame) = to_send {
@@ -331,9 +356,8 @@ impl WorkerActorState {
     /// Fails requests that never reached the process: they did not run.
     fn not_delivered(&mut self, ids: &[RequestId]) {
         for id in ids {
-            if let Some(pending) = self.pending.remove(id) {
-                pending.timer.abort();
-                let _ = pending.reply.send(Err(WorkerError::NotDelivered {
+            if let Some(reply) = self.pending.remove(id).and_then(|p| p.reply) {
+                let _ = reply.send(Err(WorkerError::NotDelivered {
                     worker_id: self.worker_id.clone(),
                 }));
             }
@@ -354,15 +378,18 @@ impl WorkerActorState {
             tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "dropping a reply whose request is no longer pending");
             return;
         };
-        pending.timer.abort();
         self.served += 1;
         if pending.shutdown && response.outcome.is_ok() {
             // The worker said it is leaving: its exit is not a crash.
             self.set_state(WorkerState::Stopping);
             self.writer.take();
         }
+        let Some(reply) = pending.reply else {
+            tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "late reply after the deadline; dropped");
+            return;
+        };
         let outcome = response.outcome.map_err(WorkerError::Remote);
-        if pending.reply.send(outcome).is_err() {
+        if reply.send(outcome).is_err() {
             tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "caller gave up before the reply; dropped");
         }
     }
@@ -370,7 +397,19 @@ impl WorkerActorState {
     fn on_id_zero(&mut self, response: Response) {
         if self.state != WorkerState::Booting {
             // After the handshake, id 0 means the worker could not decode a
-            // frame we sent: the two sides disagree about the stream.
+            // frame we sent. When it names the request, the worker stayed in
+            // step (frames are length-prefixed): that caller gets the error.
+            if let Err(error) = &response.outcome
+                && error.kind == ErrorKind::ProtocolError
+                && let Some(id) = error
+                    .details
+                    .as_ref()
+                    .and_then(|d| d.get("request_id"))
+                    .and_then(Value::as_u64)
+                && self.pending.contains_key(&id)
+            {
+                return self.on_response(Response::error(id, error.clone()));
+            }
             let reason = match &response.outcome {
                 Err(error) if error.kind == ErrorKind::ProtocolError => error.message.clone(),
                 _ => "unexpected frame with id 0".to_owned(),
@@ -379,7 +418,7 @@ impl WorkerActorState {
         }
         match response.into_ready() {
             Ok(ready) => {
-                tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), python = %ready.python, dspy = ?ready.dspy, "worker ready");
+                tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), python = %ready.python, dspy = ?ready.dspy, protocol = ready.protocol, features = ?ready.features, "worker ready");
                 self.set_state(WorkerState::Ready(ready));
                 self.emit(WorkerEvent::Ready {
                     worker_id: self.worker_id.clone(),
@@ -409,19 +448,54 @@ impl WorkerActorState {
         });
     }
 
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Boot => self.on_boot_timeout(),
+            Timer::Deadline(id) => self.on_deadline(id),
+            Timer::HangGrace(id) => self.on_hang_grace(id),
+        }
+    }
+
+    /// The caller's deadline: it gets `RequestTimeout` now. The worker knew
+    /// the deadline too (it travels with the request) and answers
+    /// `DeadlineExceeded` on its own; only if it stays silent for the hang
+    /// grace is it hung.
     fn on_deadline(&mut self, id: RequestId) {
-        let Some(pending) = self.pending.remove(&id) else {
+        let Some(pending) = self.pending.get_mut(&id) else {
             return;
         };
-        let error = WorkerError::RequestTimeout {
+        let Some(reply) = pending.reply.take() else {
+            return;
+        };
+        let _ = reply.send(Err(WorkerError::RequestTimeout {
             worker_id: self.worker_id.clone(),
             after: pending.timeout,
-        };
-        let _ = pending.reply.send(Err(error.clone()));
-        if pending.unsent.is_none() {
-            tracing::warn!(worker = %self.worker_id, pid = self.process.pid(), id, timeout = ?pending.timeout, "request timed out; killing the worker");
-            self.kill(error);
+        }));
+        if pending.unsent.is_some() || pending.on_hang == OnHang::Report {
+            // Never sent (it did not run), or the caller judges the silence
+            // itself (a health check): nothing more to wait for.
+            self.pending.remove(&id);
+            return;
         }
+        self.timers
+            .add(Instant::now() + self.config.hang_grace, Timer::HangGrace(id));
+    }
+
+    fn on_hang_grace(&mut self, id: RequestId) {
+        let Some(pending) = self.pending.get(&id) else {
+            return;
+        };
+        let reason = format!(
+            "no answer to request {id} within its deadline of {:?} and the hang grace of {:?}: \
+             the worker is hung",
+            pending.timeout, self.config.hang_grace
+        );
+        tracing::warn!(worker = %self.worker_id, pid = self.process.pid(), id, "{reason}; killing it");
+        self.replace = true;
+        self.kill(WorkerError::Killed {
+            worker_id: self.worker_id.clone(),
+            reason,
+        });
     }
 
     fn on_boot_timeout(&mut self) {
@@ -455,6 +529,12 @@ impl WorkerActorState {
             return Ok(());
         }
         let cause = self.kill_reason.take().unwrap_or_else(|| self.exited(exit));
+        if self.replace {
+            // Its owner's decision, not a crash: replaced outside the budget.
+            tracing::info!(worker = %self.worker_id, pid = self.process.pid(), %exit, "worker replaced: {cause}");
+            myself.stop(Some(replace_reason(&cause.to_string())));
+            return Ok(());
+        }
         tracing::warn!(worker = %self.worker_id, pid = self.process.pid(), %exit, "worker failed: {cause}");
         Err(Box::new(cause))
     }
@@ -482,7 +562,9 @@ impl WorkerActorState {
         // writer finished never reached the process.
         let written = self.written.load(Ordering::Acquire);
         for (id, pending) in self.pending.drain() {
-            pending.timer.abort();
+            let Some(reply) = pending.reply else {
+                continue;
+            };
             let error = if id > written && pending.unsent.is_none() {
                 WorkerError::NotDelivered {
                     worker_id: self.worker_id.clone(),
@@ -490,7 +572,7 @@ impl WorkerActorState {
             } else {
                 error.clone()
             };
-            let _ = pending.reply.send(Err(error));
+            let _ = reply.send(Err(error));
         }
     }
 
@@ -504,11 +586,13 @@ impl WorkerActorState {
     }
 
     fn info(&self) -> WorkerInfo {
+        let late = self.pending.values().filter(|p| p.reply.is_none()).count();
         WorkerInfo {
             worker_id: self.worker_id.clone(),
             pid: self.process.pid(),
             state: self.state.clone(),
-            in_flight: self.pending.len(),
+            in_flight: self.pending.len() - late,
+            overdue: late,
             served: self.served,
         }
     }

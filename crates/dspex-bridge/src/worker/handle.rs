@@ -19,6 +19,21 @@ pub struct CallOptions {
     pub session_id: Option<String>,
     /// Overrides the worker's request timeout for this call.
     pub timeout: Option<Duration>,
+    /// What a worker that stays silent past the deadline and the hang grace
+    /// means.
+    pub on_hang: OnHang,
+}
+
+/// What the worker actor concludes when a request is still unanswered a hang
+/// grace after its deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum OnHang {
+    /// The worker is hung: kill and replace it.
+    #[default]
+    Kill,
+    /// Nothing: the caller got its timeout and judges the silence itself
+    /// (the health monitor counts a missed ping toward its thresholds).
+    Report,
 }
 
 /// A cloneable handle to one worker actor.
@@ -119,9 +134,11 @@ impl WorkerHandle {
     ///
     /// # Errors
     /// [`WorkerError::Remote`] for a structured error reply (worker kept);
-    /// [`WorkerError::RequestTimeout`], [`WorkerError::WorkerExited`] or
+    /// [`WorkerError::RequestTimeout`] at the deadline (worker kept unless it
+    /// turns out hung); [`WorkerError::WorkerExited`] or
     /// [`WorkerError::Protocol`] when the worker failed (it is replaced);
-    /// [`WorkerError::Refused`] for a request too large to send;
+    /// [`WorkerError::Refused`] for a malformed command or a request too
+    /// large to send;
     /// [`WorkerError::Unavailable`] if the actor is gone.
     pub async fn call(&self, command: Command, options: CallOptions) -> Result<Value, WorkerError> {
         let answer = self.send(command, options)?;
@@ -139,11 +156,42 @@ impl WorkerHandle {
         command: Command,
         options: CallOptions,
     ) -> Result<oneshot::Receiver<Result<Value, WorkerError>>, WorkerError> {
+        self.submit(command, options, None)
+    }
+
+    /// As [`WorkerHandle::send`], and also returns a receiver that resolves
+    /// (with an error: its sender is dropped) once the worker no longer owes
+    /// a reply for this request — it answered, even after the deadline, or
+    /// the request never went out, or the process is gone. The pool uses it
+    /// to keep a worker out of service while it still works for a caller
+    /// that has gone.
+    ///
+    /// # Errors
+    /// [`WorkerError::NotDelivered`] if the actor is gone.
+    pub fn send_tracked(
+        &self,
+        command: Command,
+        options: CallOptions,
+    ) -> Result<(oneshot::Receiver<Result<Value, WorkerError>>, oneshot::Receiver<()>), WorkerError>
+    {
+        let (settled_tx, settled) = oneshot::channel();
+        let answer = self.submit(command, options, Some(settled_tx))?;
+        Ok((answer, settled))
+    }
+
+    fn submit(
+        &self,
+        command: Command,
+        options: CallOptions,
+        settled: Option<oneshot::Sender<()>>,
+    ) -> Result<oneshot::Receiver<Result<Value, WorkerError>>, WorkerError> {
         let (reply, answer) = oneshot::channel();
         let call = Call {
             command,
             session_id: options.session_id,
             timeout: options.timeout,
+            on_hang: options.on_hang,
+            settled,
             reply: reply.into(),
         };
         // An actor that is gone never saw the request: it did not run.
@@ -177,12 +225,22 @@ impl WorkerHandle {
     }
 
     /// Kills the worker's process group now; the worker fails with `reason`
-    /// and its supervisor replaces it. In-flight callers get
-    /// [`WorkerError::WorkerExited`].
+    /// (a crash: it counts against the restart budget) and its supervisor
+    /// replaces it. In-flight callers get [`WorkerError::WorkerExited`].
     pub fn kill(&self, reason: impl Into<String>) {
         let _ = self
             .actor
             .send_message(WorkerMsg(Inner::Kill(reason.into())));
+    }
+
+    /// Kills the worker's process group now on its owner's decision (it
+    /// failed its health checks, say): the supervisor replaces it at once,
+    /// and the replacement does not count against the restart budget.
+    /// In-flight callers get [`WorkerError::WorkerExited`].
+    pub fn replace(&self, reason: impl Into<String>) {
+        let _ = self
+            .actor
+            .send_message(WorkerMsg(Inner::Replace(reason.into())));
     }
 
     /// Stops the worker (escalating stop of its process) and waits until the

@@ -1,0 +1,361 @@
+"""Reply slots, the deadline scheduler and the table of pending requests.
+
+Every request the worker dispatches gets a ``ReplySlot``. Whoever answers a request goes
+through its slot: the handler (its result or error), the deadline scheduler
+(``DeadlineExceeded``) and ``cancel`` (``Cancelled``). ``ReplySlot.answer`` is "first answer
+wins": a lock and an ``answered`` flag, and the winner writes its frame while holding the
+lock, so a request id is answered exactly once and a loser returns only after the winner's
+frame is on the wire (``cancel``'s own reply therefore always follows the reply it lost to).
+
+Answering by the deadline or by ``cancel`` sets the slot's ``abandoned`` event, so
+cooperative code (the dummy LM's simulated latency, the ``sleep`` fault, the LM call hook)
+stops early; its late result is discarded.
+
+While a handler runs, its slot is the thread's *current request* (a context variable):
+``current_request()`` gives code deep inside DSPy the deadline and the abandoned event.
+
+One daemon thread (``DeadlineScheduler``) keeps a heap of ``(deadline, slot)`` and fires
+expired slots, so a deadline is honoured even when every request thread is busy or the
+request is still queued in the thread pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import BridgeError, Cancelled, DeadlineExceeded
+
+log = logging.getLogger("dspex_bridge.requests")
+
+MAX_REQUEST_ID = (1 << 64) - 1
+
+Send = Callable[[dict[str, Any]], None]
+# Called once per slot, after its answer: (slot, error kind or None, whether a frame was sent).
+OnAnswer = Callable[["ReplySlot", str | None, bool], None]
+
+# Who answered a slot.
+BY_HANDLER = "handler"
+BY_DEADLINE = "deadline"
+BY_CANCEL = "cancel"
+
+# The deadline heap drops the entries of answered slots when it grows past this size.
+COMPACT_MIN = 4096
+
+_current: contextvars.ContextVar[ReplySlot | None] = contextvars.ContextVar(
+    "dspex_current_request", default=None
+)
+
+
+def current_request() -> ReplySlot | None:
+    """The slot of the request whose handler runs in this thread (None outside handlers)."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def bind(slot: ReplySlot) -> Iterator[ReplySlot]:
+    """Make ``slot`` the current request for the duration of the block."""
+    token = _current.set(slot)
+    try:
+        yield slot
+    finally:
+        _current.reset(token)
+
+
+def error_reply(request_id: int, error: BridgeError) -> dict[str, Any]:
+    return {"id": request_id, "ok": False, "error": error.to_wire()}
+
+
+class ReplySlot:
+    """The one reply of one request: first answer wins."""
+
+    def __init__(
+        self,
+        request_id: int,
+        command: str,
+        received: float,
+        deadline_ms: float | None,
+        send: Send,
+        on_answer: OnAnswer | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.command = command
+        self.received = received
+        self.deadline_ms = deadline_ms
+        self.deadline: float | None = (
+            None if deadline_ms is None else received + deadline_ms / 1000.0
+        )
+        self.abandoned = threading.Event()
+        self._send = send
+        self._on_answer = on_answer
+        self._lock = threading.Lock()
+        self._answered = False
+        self._started = False
+        self.answered_by: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ReplySlot(id={self.request_id}, command={self.command!r}, "
+            f"answered_by={self.answered_by!r})"
+        )
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def answered(self) -> bool:
+        return self._answered
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def begin(self) -> bool:
+        """Mark the handler as started; False if the request was answered already."""
+        with self._lock:
+            if self._answered:
+                return False
+            self._started = True
+            return True
+
+    def elapsed_ms(self) -> float:
+        return round((time.monotonic() - self.received) * 1000.0, 3)
+
+    def remaining(self) -> float | None:
+        """Seconds left until the deadline (negative once it passed), None without one."""
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    # -- answering --------------------------------------------------------------------------
+
+    def answer(
+        self, message: dict[str, Any] | None, *, by: str = BY_HANDLER, abandon: bool = False
+    ) -> bool:
+        """Answer with ``message`` (None: close without a frame) unless answered already.
+
+        Returns True if this call answered the request. The frame is written while the
+        slot's lock is held, so when a competing call returns False the winner's frame has
+        already been written.
+        """
+        return self._answer(lambda: message, by, abandon)
+
+    def _answer(
+        self, build: Callable[[], dict[str, Any] | None], by: str, abandon: bool
+    ) -> bool:
+        with self._lock:
+            if self._answered:
+                return False
+            self._answered = True
+            self.answered_by = by
+            if abandon:
+                self.abandoned.set()
+            # Built under the lock: ``started`` cannot change any more (``begin`` takes it).
+            message = build()
+            if message is not None:
+                self._send(message)
+        if self._on_answer is not None:
+            kind: str | None = None
+            if message is not None and message.get("ok") is False:
+                error = message.get("error")
+                kind = error.get("kind") if isinstance(error, dict) else None
+            self._on_answer(self, kind, message is not None)
+        return True
+
+    def deadline_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"request {self.request_id} ({self.command}) was not done within its deadline "
+            f"of {self.deadline_ms:g} ms",
+            {
+                "deadline_ms": self.deadline_ms,
+                "elapsed_ms": self.elapsed_ms(),
+                "started": self._started,
+            },
+        )
+
+    def expire(self) -> bool:
+        """Answer ``DeadlineExceeded`` now (if nothing answered first) and abandon the work."""
+        return self._answer(
+            lambda: error_reply(self.request_id, self.deadline_error()), BY_DEADLINE, True
+        )
+
+    def cancel(self, by: int) -> bool:
+        """Answer ``Cancelled`` (if nothing answered first) and abandon the work."""
+        error = Cancelled(
+            f"request {self.request_id} ({self.command}) was cancelled by request {by}",
+            {"by": by},
+        )
+        return self._answer(lambda: error_reply(self.request_id, error), BY_CANCEL, True)
+
+    def abandon_error(self) -> BridgeError:
+        """The error cooperative code raises to stop work that was abandoned."""
+        if self.answered_by == BY_CANCEL:
+            return Cancelled(f"request {self.request_id} was cancelled", {"abandoned": True})
+        return DeadlineExceeded(
+            f"request {self.request_id} passed its deadline of {self.deadline_ms:g} ms",
+            {"deadline_ms": self.deadline_ms, "elapsed_ms": self.elapsed_ms(), "started": True},
+        )
+
+    def check(self) -> None:
+        """Raise if the work should stop: abandoned, or its deadline has passed.
+
+        A passed deadline is answered here (``expire``) so the raised error is never the
+        reply: the request is answered ``DeadlineExceeded`` exactly as the scheduler would.
+        """
+        if not self.abandoned.is_set() and self.expired():
+            self.expire()
+        if self.abandoned.is_set():
+            raise self.abandon_error()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``; abandonment or the deadline cuts it short (then raise)."""
+        end = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            left = end - now
+            if self.deadline is not None:
+                if now >= self.deadline:
+                    self.check()
+                left = min(left, self.deadline - now)
+            if left <= 0:
+                return
+            if self.abandoned.wait(left):
+                raise self.abandon_error()
+
+
+def cooperative_sleep(seconds: float) -> None:
+    """``time.sleep`` that the current request's deadline or abandonment cuts short."""
+    slot = current_request()
+    if slot is None:
+        time.sleep(seconds)
+    else:
+        slot.wait(seconds)
+
+
+class DeadlineScheduler:
+    """One daemon thread that expires slots at their deadline.
+
+    Entries of slots answered before their deadline stay in the heap until they come up (or
+    until the heap doubles past ``COMPACT_MIN`` entries, when they are dropped at once), so
+    the heap holds at most about twice the live deadlines.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, ReplySlot]] = []
+        self._seq = itertools.count()
+        self._compact_at = COMPACT_MIN
+        self._thread: threading.Thread | None = None
+        self.fired = 0
+
+    def add(self, slot: ReplySlot) -> None:
+        if slot.deadline is None:
+            return
+        with self._cond:
+            if len(self._heap) >= self._compact_at:
+                self._heap = [entry for entry in self._heap if not entry[2].answered]
+                heapq.heapify(self._heap)
+                self._compact_at = max(COMPACT_MIN, 2 * len(self._heap))
+            heapq.heappush(self._heap, (slot.deadline, next(self._seq), slot))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="dspex-deadline", daemon=True
+                )
+                self._thread.start()
+            if self._heap[0][2] is slot:
+                self._cond.notify()
+
+    def size(self) -> int:
+        """Heap entries, including those of slots answered early (for tests)."""
+        with self._cond:
+            return len(self._heap)
+
+    def _next_expired(self) -> ReplySlot:
+        with self._cond:
+            while True:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, _, slot = self._heap[0]
+                if slot.answered:
+                    heapq.heappop(self._heap)
+                    continue
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                return slot
+
+    def _run(self) -> None:
+        while True:
+            slot = self._next_expired()
+            try:
+                if slot.expire():
+                    self.fired += 1
+                    log.debug(
+                        "request %d (%s) answered DeadlineExceeded after %.1f ms (started=%s)",
+                        slot.request_id,
+                        slot.command,
+                        slot.elapsed_ms(),
+                        slot.started,
+                    )
+            except Exception:  # the scheduler must survive anything
+                log.exception("deadline scheduler failed on request %d", slot.request_id)
+
+
+class RequestTable:
+    """The pending requests of a worker by id (for ``cancel``) and their deadlines."""
+
+    def __init__(self, send: Send, on_answer: OnAnswer | None = None) -> None:
+        self._send = send
+        self._on_answer = on_answer
+        self._lock = threading.Lock()
+        self._pending: dict[int, ReplySlot] = {}
+        self.scheduler = DeadlineScheduler()
+
+    def open(
+        self,
+        request_id: int,
+        command: str,
+        received: float,
+        deadline_ms: float | None,
+        *,
+        track: bool = True,
+    ) -> ReplySlot:
+        """A slot for a new request; ``track`` registers it for ``cancel`` and its deadline."""
+        slot = ReplySlot(request_id, command, received, deadline_ms, self._send, self._answered)
+        if track:
+            with self._lock:
+                self._pending[request_id] = slot
+            self.scheduler.add(slot)
+        return slot
+
+    def get(self, request_id: int) -> ReplySlot | None:
+        with self._lock:
+            return self._pending.get(request_id)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def cancel(self, request_id: int, by: int) -> bool:
+        """Answer ``request_id`` ``Cancelled`` if it is pending; True if it was."""
+        slot = self.get(request_id)
+        return slot is not None and slot.cancel(by)
+
+    def _answered(self, slot: ReplySlot, kind: str | None, replied: bool) -> None:
+        with self._lock:
+            if self._pending.get(slot.request_id) is slot:
+                del self._pending[slot.request_id]
+        if self._on_answer is not None:
+            self._on_answer(slot, kind, replied)
