@@ -53,7 +53,7 @@ def _configured_timeout(value: Any) -> float | None:
     return float(value) if ok and math.isfinite(value) and value > 0 else None
 
 
-class DeadlineLM(dspy.LM):  # type: ignore[misc]
+class DeadlineLM(dspy.LM):
     """``dspy.LM`` that bounds each call by the current request's remaining time."""
 
     def _bounded(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +78,7 @@ class DeadlineLM(dspy.LM):  # type: ignore[misc]
 
     # DSPy reads ``lm.num_retries`` once per call (``execution.execute``): none under a
     # deadline, the configured number otherwise.
-    @property  # type: ignore[override]
+    @property
     def num_retries(self) -> int:
         slot = current_request()
         if slot is not None and slot.deadline is not None:

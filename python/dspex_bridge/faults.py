@@ -25,6 +25,10 @@ write_oversize_header    ``size`` (default 3 GiB)                   none: only t
 spam_stderr              ``bytes`` (default 1 MiB)                  ``{"written"}``
 spawn_grandchild         ``seconds`` (default 1000)                 ``{"pid"}`` of ``sleep``
 print_to_stdout          ``text`` (optional)                        ``{"printed": true}``
+log_line                 ``text``, ``level`` (DEBUG..CRITICAL,      ``{"logged": true}``
+                         default INFO), ``logger`` (name):
+                         logs ``text`` there and ``print()``s it,
+                         as a chatty library would
 ignore_shutdown          none                                       ``{"ignoring": [...]}``
 =======================  =========================================  ==========================
 """
@@ -241,6 +245,24 @@ def print_to_stdout(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {"printed": True}
 
 
+def log_line(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Log ``text`` through ``logger`` at ``level`` and ``print()`` it (like a library)."""
+    text = args.get("text")
+    level = args.get("level", "INFO")
+    name = args.get("logger", "dspex_bridge.faults")
+    if not isinstance(text, str):
+        raise InvalidArguments("'text' must be a string", {"field": "text"})
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    if not isinstance(level, str) or level.upper() not in levels:
+        raise InvalidArguments(f"'level' must be one of {list(levels)}", {"field": "level"})
+    if not isinstance(name, str) or not name:
+        raise InvalidArguments("'logger' must be a logger name", {"field": "logger"})
+    logging.getLogger(name).log(getattr(logging, level.upper()), "%s", text)
+    print(text)
+    sys.stdout.flush()
+    return {"logged": True}
+
+
 def ignore_shutdown(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     ctx.server.ignore_shutdown()
     return {"ignoring": ["SIGTERM", "EOF"]}
@@ -258,5 +280,6 @@ def register(registry: Registry) -> None:
     registry.register("spam_stderr", spam_stderr)
     registry.register("spawn_grandchild", spawn_grandchild)
     registry.register("print_to_stdout", print_to_stdout)
+    registry.register("log_line", log_line)
     # Runs on the main thread: only it may change signal dispositions.
     registry.register("ignore_shutdown", ignore_shutdown, inline=True)

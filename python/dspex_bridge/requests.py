@@ -149,9 +149,7 @@ class ReplySlot:
         """
         return self._answer(lambda: message, by, abandon)
 
-    def _answer(
-        self, build: Callable[[], dict[str, Any] | None], by: str, abandon: bool
-    ) -> bool:
+    def _answer(self, build: Callable[[], dict[str, Any] | None], by: str, abandon: bool) -> bool:
         with self._lock:
             if self._answered:
                 return False

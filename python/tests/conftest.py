@@ -69,8 +69,12 @@ class Worker:
         self._stderr_cond = threading.Condition()
         self._ids = itertools.count(1)
         self._write_lock = threading.Lock()
-        threading.Thread(target=self._read_frames, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._read_frames, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
     # -- background readers -----------------------------------------------------------
 
@@ -267,6 +271,9 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        # The readers see end of input now; closing a pipe under a reading thread races.
+        for reader in self._readers:
+            reader.join(2.0)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
                 if stream is not None:
@@ -361,7 +368,9 @@ class LoopbackLM:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
 
     def respond(self, handler: http.server.BaseHTTPRequestHandler) -> None:

@@ -61,7 +61,12 @@ def test_exactly_one_answer_under_a_race() -> None:
         gate = threading.Barrier(4)
         wins: list[str] = []
 
-        def racer(kind: str, slot: ReplySlot = slot, gate: threading.Barrier = gate) -> None:
+        def racer(
+            kind: str,
+            slot: ReplySlot = slot,
+            gate: threading.Barrier = gate,
+            wins: list[str] = wins,
+        ) -> None:
             gate.wait()
             if kind == "handler":
                 won = slot.answer({"id": slot.request_id, "ok": True, "result": None})
