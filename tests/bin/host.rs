@@ -1,7 +1,7 @@
 //! A DSPex host process for the host-death tests (scenario 26).
 //!
-//! `dspex-test-host [BRIDGES] [GRANDCHILDREN]` starts `BRIDGES` single bridges
-//! (default 2) on the managed Python, with the fault commands on and DSPy
+//! `dspex-test-host [TREES] [GRANDCHILDREN]` starts `TREES` single-mode
+//! pools (default 2) on the managed Python, with the fault commands on and DSPy
 //! imported lazily, waits until every worker is ready, makes the first
 //! `GRANDCHILDREN` workers (default 0) each spawn a `sleep` grandchild, then
 //! prints one JSON line on stdout —
@@ -12,38 +12,39 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use dspex_bridge::{Bridge, BridgeConfig, CallOptions};
+use dspex_bridge::pool::{Pool, PoolConfig, RequestOptions};
 use dspex_protocol::Command;
 use serde_json::json;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let bridges: usize = args.next().map_or(Ok(2), |a| a.parse())?;
+    let trees: usize = args.next().map_or(Ok(2), |a| a.parse())?;
     let grandchildren: usize = args.next().map_or(Ok(0), |a| a.parse())?;
     let python = tokio::task::spawn_blocking(dspex_testkit::managed_python).await??;
 
-    let mut started = Vec::with_capacity(bridges);
-    for i in 0..bridges {
-        let config = BridgeConfig {
+    let mut started = Vec::with_capacity(trees);
+    for i in 0..trees {
+        let config = PoolConfig {
             name: format!("host{}-{i}", std::process::id()),
             env: vec![
                 ("DSPEX_TEST_FAULTS".into(), "1".into()),
                 ("DSPEX_LAZY_DSPY".into(), "1".into()),
             ],
             sweep_orphans: false,
-            ..BridgeConfig::default()
-        };
-        let bridge = Bridge::start_on(config, python.clone()).await?;
-        let worker = bridge.ready_worker(Duration::from_secs(60)).await?;
-        started.push((bridge, worker.pid()));
+            ..PoolConfig::default()
+        }
+        .single();
+        let pool = Pool::start_on(config, python.clone()).await?;
+        let worker = pool.ready_worker(Duration::from_secs(60)).await?;
+        started.push((pool, worker.pid()));
     }
     let mut grandchild_pids = Vec::new();
-    for (bridge, _) in started.iter().take(grandchildren) {
-        let reply = bridge
+    for (pool, _) in started.iter().take(grandchildren) {
+        let reply = pool
             .call(
                 Command::custom("spawn_grandchild", json!({"seconds": 1000})),
-                CallOptions::default(),
+                RequestOptions::default(),
             )
             .await?;
         grandchild_pids.push(reply["pid"].clone());
@@ -60,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
 
-    // Serve until killed; the bridges stay alive with this future.
+    // Serve until killed; the pools stay alive with this future.
     std::future::pending::<()>().await;
     drop(started);
     Ok(())

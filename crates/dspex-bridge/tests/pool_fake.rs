@@ -58,7 +58,7 @@ async fn calls_are_served_and_counted() {
     assert_eq!(status.counters.checkouts, 20);
     assert_eq!(status.idle, 4);
     assert_eq!(status.leases, 0);
-    pool.shutdown(Duration::from_secs(5)).await;
+    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5)).await;
     assert_eq!(pool.status().state, PoolState::Stopped);
 }
 
@@ -88,7 +88,7 @@ async fn checkout_times_out_when_every_worker_is_busy() {
         .await
         .unwrap();
     assert_eq!(pool.status().restarts, 0);
-    pool.shutdown(Duration::from_secs(5)).await;
+    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,14 +106,15 @@ async fn programs_are_sent_only_to_workers_that_lack_them() {
         module: "predict".into(),
         demos: vec![],
     };
-    pool.create_program(program).await.unwrap();
+    let program = pool.create_program(program).await.unwrap();
+    assert_eq!(program.hash.len(), 64);
     for i in 0..12 {
         let inputs = json!({ "q": format!("question {i}") });
         let Value::Object(inputs) = inputs else {
             unreachable!()
         };
         let out = pool
-            .execute("qa", inputs, RequestOptions::default())
+            .execute(&program, inputs, RequestOptions::default())
             .await
             .unwrap();
         assert!(out["outputs"]["a"].as_str().unwrap().starts_with("a: "));
@@ -122,12 +123,8 @@ async fn programs_are_sent_only_to_workers_that_lack_them() {
     // Every worker has now loaded it once.
     let status = pool.status();
     assert!(status.workers.iter().all(|w| w.programs == 1), "{status:?}");
-    let error = pool
-        .execute("nope", Default::default(), RequestOptions::default())
-        .await
-        .unwrap_err();
-    assert!(matches!(error, PoolError::ProgramNotFound { .. }));
-    pool.shutdown(Duration::from_secs(5)).await;
+    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,5 +168,5 @@ async fn a_stateful_session_is_lost_with_its_worker() {
         pool.call(echo(2), RequestOptions::default()).await.unwrap(),
         json!({"n": 2})
     );
-    pool.shutdown(Duration::from_secs(5)).await;
+    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5)).await;
 }

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use dspex::{AdapterKind, Dspex, LmConfig, ModeSetting};
 use dspex_bridge::conditional::check_environment;
-use dspex_bridge::{BridgeConfig, ConditionalSupervisor, PythonConfig, PythonEnv, TreeConfig};
+use dspex_bridge::{ConditionalSupervisor, PoolConfig, PythonConfig, PythonEnv, TreeConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -158,14 +158,15 @@ async fn main() -> Result<()> {
     result
 }
 
-/// A single-bridge tree under the conditional supervisor, as a service would
+/// A single-mode tree under the conditional supervisor, as a service would
 /// start it.
 async fn start_tree(python: PythonConfig) -> Result<ConditionalSupervisor> {
-    let config = BridgeConfig {
+    let config = PoolConfig {
         name: "dspex-demo".into(),
         python,
-        ..BridgeConfig::default()
-    };
+        ..PoolConfig::default()
+    }
+    .single();
     ConditionalSupervisor::start(TreeConfig::Single(config))
         .await
         .context("starting the supervision tree")
@@ -186,8 +187,8 @@ async fn doctor(python: PythonConfig) -> Result<()> {
         ..PythonConfig::default()
     })
     .await?;
-    let ready = match tree.serving_bridge() {
-        Ok(bridge) => bridge
+    let ready = match tree.serving_pool() {
+        Ok(pool) => pool
             .ready_worker(Duration::from_secs(120))
             .await
             .map_err(anyhow::Error::new),
@@ -204,6 +205,7 @@ async fn doctor(python: PythonConfig) -> Result<()> {
         }
         Err(error) => Err(error.context("the worker did not start")),
     };
-    tree.shutdown(Duration::from_secs(10)).await;
+    tree.shutdown(Duration::from_secs(10), Duration::from_secs(10))
+        .await;
     result
 }

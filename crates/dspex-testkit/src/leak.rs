@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use dspex_bridge::process::{RunTag, proc_stat, tagged_processes};
+use dspex_bridge::process::{FdLedger, OpenFd, RunTag, proc_stat, tagged_processes};
 
 /// What the leak check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub struct LeakReport {
     pub tagged_alive: Vec<u32>,
     /// Worker pids of the tree left as zombie children of this process.
     pub zombies: Vec<u32>,
+    /// Pipes the tree opened that are still open.
+    pub open_fds: Vec<OpenFd>,
     /// Open fds above the baseline (only measured when the test owns the process).
     pub extra_fds: Option<isize>,
 }
@@ -21,6 +23,7 @@ impl LeakReport {
     pub fn is_clean(&self) -> bool {
         self.tagged_alive.is_empty()
             && self.zombies.is_empty()
+            && self.open_fds.is_empty()
             && self.extra_fds.is_none_or(|n| n <= 2)
     }
 }
@@ -49,6 +52,7 @@ pub(crate) fn owns_process() -> bool {
 /// reports what is left.
 pub(crate) async fn check(
     tag: &RunTag,
+    fds: &FdLedger,
     spawned: &[u32],
     fd_baseline: usize,
     settle: Duration,
@@ -56,6 +60,7 @@ pub(crate) async fn check(
     let clean = crate::poll_until(settle, "leak check", || {
         tagged_processes(tag).is_empty()
             && zombie_children(spawned).is_empty()
+            && fds.still_open().is_empty()
             && (!owns_process() || fd_count() <= fd_baseline + 2)
     })
     .await;
@@ -68,6 +73,7 @@ pub(crate) async fn check(
     LeakReport {
         tagged_alive: tagged_processes(tag),
         zombies: zombie_children(spawned),
+        open_fds: fds.still_open(),
         extra_fds: owns_process().then(|| fd_count() as isize - fd_baseline as isize),
     }
 }

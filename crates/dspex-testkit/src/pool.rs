@@ -1,26 +1,234 @@
-//! [`TestPool`]: one isolated pool of real Python workers per test.
+//! [`TestPool`]: one isolated pool of real Python workers per test, and
+//! [`TestTree`], the same in single mode (one worker).
 
+use std::collections::hash_map::RandomState;
+use std::ffi::OsString;
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dspex_bridge::pool::{Pool, PoolConfig, PoolEvent, PoolStatus};
+use dspex_bridge::health::HealthConfig;
+use dspex_bridge::pool::{
+    Pool, PoolConfig, PoolError, PoolEvent, PoolState, PoolStatus, RecyclePolicy, RequestOptions,
+    RevivePolicy,
+};
+use dspex_bridge::process::StopGrace;
+use dspex_bridge::worker::WorkerEvent;
+use dspex_bridge::{PythonConfig, PythonEnv, WorkerHandle};
+use dspex_protocol::{Command, Value};
+use dspex_supervision::{Backoff, RestartIntensity};
 use nix::sys::signal::Signal;
+use tokio::sync::broadcast;
 
 use crate::leak::{self, LeakReport};
-use crate::tree::{managed_python, test_name, test_worker_env};
 
-/// An isolated pool for one test, with a leak check at the end.
+/// How long the leak check waits for processes and pipes to go.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// The managed Python environment (with the test requirements), created on
+/// first use under a file lock shared by every test process.
 ///
-/// Defaults follow the reliability contract's config under test (4 workers,
-/// 3 restarts in 5 s, backoff 100 ms ×2, checkout timeout 5 s), with the
-/// fault commands on and DSPy imported lazily. Health pings are off unless
-/// the test sets them.
+/// # Errors
+/// When the environment cannot be created.
+pub fn managed_python() -> anyhow::Result<PythonEnv> {
+    Ok(PythonEnv::resolve(&PythonConfig {
+        managed_only: true,
+        test_extras: true,
+        ..PythonConfig::default()
+    })?)
+}
+
+/// A name unique to one test pool (a per-tree prefix for worker ids).
+pub(crate) fn test_name() -> String {
+    let nonce = RandomState::new().build_hasher().finish();
+    format!("t{:08x}", nonce as u32)
+}
+
+/// The workers' environment in tests: fault commands on, DSPy lazy.
+pub(crate) fn test_worker_env() -> Vec<(OsString, OsString)> {
+    vec![env("DSPEX_TEST_FAULTS", "1"), env("DSPEX_LAZY_DSPY", "1")]
+}
+
+fn env(key: &str, value: &str) -> (OsString, OsString) {
+    (key.into(), value.into())
+}
+
+/// Single mode under test: [`TestTree::builder`] and [`TestTree::start`]
+/// build a [`TestPool`] of exactly one worker (single mode is the pool
+/// machinery with one worker).
+#[derive(Debug, Clone, Copy)]
+pub struct TestTree;
+
+impl TestTree {
+    /// A builder of a single-mode pool with the test defaults.
+    pub fn builder() -> TestPoolBuilder {
+        TestPoolBuilder::default().with(|c| {
+            c.size = 1;
+            c.max_overflow = 0;
+        })
+    }
+
+    /// Starts a single-mode pool with the test defaults, without waiting
+    /// for its worker.
+    ///
+    /// # Errors
+    /// As [`TestPoolBuilder::start`].
+    pub async fn start() -> anyhow::Result<TestPool> {
+        Self::builder().start().await
+    }
+}
+
+/// Builds a [`TestPool`]. Defaults: the reliability contract's config under
+/// test (4 workers — 1 for [`TestTree::builder`] — 3 restarts in 5 s,
+/// backoff 100 ms ×2, checkout timeout 5 s), fault commands on, DSPy
+/// imported lazily, health checks off (tests that want them turn them on).
+#[derive(Debug, Clone)]
+pub struct TestPoolBuilder {
+    config: PoolConfig,
+    interpreter: Option<PathBuf>,
+}
+
+impl Default for TestPoolBuilder {
+    fn default() -> Self {
+        Self {
+            config: TestPool::config(),
+            interpreter: None,
+        }
+    }
+}
+
+impl TestPoolBuilder {
+    /// Replaces the whole configuration (its name and test environment are
+    /// kept unless the new one sets them).
+    #[must_use]
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes the configuration in place.
+    #[must_use]
+    pub fn with(mut self, change: impl FnOnce(&mut PoolConfig)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Sets the request timeout.
+    #[must_use]
+    pub fn request_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.worker.request_timeout = timeout)
+    }
+
+    /// Sets the hang grace.
+    #[must_use]
+    pub fn hang_grace(self, grace: Duration) -> Self {
+        self.with(|c| c.worker.hang_grace = grace)
+    }
+
+    /// Sets the boot timeout.
+    #[must_use]
+    pub fn boot_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.worker.boot_timeout = timeout)
+    }
+
+    /// Sets the checkout timeout.
+    #[must_use]
+    pub fn checkout_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.checkout_timeout = timeout)
+    }
+
+    /// Sets the restart budget.
+    #[must_use]
+    pub fn intensity(self, max_restarts: u32, within: Duration) -> Self {
+        self.with(|c| {
+            c.intensity = RestartIntensity {
+                max_restarts,
+                within,
+            };
+        })
+    }
+
+    /// Sets the restart backoff.
+    #[must_use]
+    pub fn backoff(self, backoff: Backoff) -> Self {
+        self.with(|c| c.backoff = backoff)
+    }
+
+    /// Sets the stop grace periods.
+    #[must_use]
+    pub fn stop_grace(self, grace: StopGrace) -> Self {
+        self.with(|c| c.worker.stop_grace = grace)
+    }
+
+    /// Sets the health checks.
+    #[must_use]
+    pub fn health(self, health: HealthConfig) -> Self {
+        self.with(|c| c.health = health)
+    }
+
+    /// Sets the recycling limits.
+    #[must_use]
+    pub fn recycle(self, recycle: RecyclePolicy) -> Self {
+        self.with(|c| c.recycle = recycle)
+    }
+
+    /// Turns revive on.
+    #[must_use]
+    pub fn revive(self, revive: RevivePolicy) -> Self {
+        self.with(|c| c.revive = Some(revive))
+    }
+
+    /// Sets the largest frame.
+    #[must_use]
+    pub fn max_frame(self, max_frame: usize) -> Self {
+        self.with(|c| c.worker.max_frame = max_frame)
+    }
+
+    /// Adds an environment variable for the workers.
+    #[must_use]
+    pub fn worker_env(self, key: &str, value: &str) -> Self {
+        self.with(|c| c.env.push(env(key, value)))
+    }
+
+    /// Imports DSPy before the handshake (for tests that run programs).
+    #[must_use]
+    pub fn eager_dspy(self) -> Self {
+        self.with(|c| c.env.retain(|(k, _)| k != "DSPEX_LAZY_DSPY"))
+    }
+
+    /// Runs workers with this interpreter instead of the managed one (for
+    /// spawn-failure tests).
+    #[must_use]
+    pub fn interpreter(mut self, path: impl Into<PathBuf>) -> Self {
+        self.interpreter = Some(path.into());
+        self
+    }
+
+    /// Starts the pool without waiting for its workers.
+    ///
+    /// # Errors
+    /// When the Python environment or the pool cannot start.
+    pub async fn start(self) -> anyhow::Result<TestPool> {
+        let mut python = tokio::task::spawn_blocking(managed_python).await??;
+        if let Some(interpreter) = self.interpreter {
+            python.interpreter = interpreter;
+        }
+        TestPool::start_unready(self.config, python).await
+    }
+}
+
+/// An isolated pool for one test, with a leak check at the end: no process
+/// with the pool's run tag alive (descendants included), none of its worker
+/// pids a zombie, none of the pipes it opened still open — and, when the
+/// test has the process to itself (nextest), the fd count back to baseline.
 #[derive(Debug)]
 pub struct TestPool {
     pool: Pool,
     spawned: Arc<Mutex<Vec<u32>>>,
     recorder: tokio::task::JoinHandle<()>,
     fd_baseline: usize,
+    started: Instant,
     _tmp: tempfile::TempDir,
     finished: bool,
 }
@@ -31,12 +239,21 @@ impl TestPool {
         let mut config = PoolConfig {
             name: test_name(),
             env: test_worker_env(),
+            // Other pools' workers are live, not orphans: never sweep here.
             sweep_orphans: false,
             ..PoolConfig::default()
         };
-        config.health.interval = Duration::from_secs(3600);
-        config.health.restart_after = None;
+        config.health = HealthConfig {
+            interval: Duration::from_secs(3600),
+            restart_after: None,
+            ..HealthConfig::default()
+        };
         config
+    }
+
+    /// A builder of a pool with the test defaults.
+    pub fn builder() -> TestPoolBuilder {
+        TestPoolBuilder::default()
     }
 
     /// Starts a pool with `config` on the managed Python and waits until
@@ -45,56 +262,83 @@ impl TestPool {
     /// # Errors
     /// When the environment or the pool cannot start, or the workers are
     /// not ready within `ready_within`.
-    pub async fn start(mut config: PoolConfig, ready_within: Duration) -> anyhow::Result<Self> {
+    pub async fn start(config: PoolConfig, ready_within: Duration) -> anyhow::Result<Self> {
         let python = tokio::task::spawn_blocking(managed_python).await??;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("dspex-{}-", config.name))
-            .tempdir()?;
-        config.env.push(("TMPDIR".into(), tmp.path().into()));
-        let fd_baseline = leak::fd_count();
         let lazy = config.lazy;
         let size = config.size;
-        let pool = Pool::start_on(config, python).await?;
-        let spawned = Arc::new(Mutex::new(Vec::new()));
-        let recorder = {
-            let spawned = Arc::clone(&spawned);
-            let mut status = pool.status_watch();
-            tokio::spawn(async move {
-                loop {
-                    let pids = status.borrow_and_update().pids();
-                    {
-                        let mut seen = spawned
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        for pid in pids {
-                            if !seen.contains(&pid) {
-                                seen.push(pid);
-                            }
-                        }
-                    }
-                    if status.changed().await.is_err() {
-                        return;
-                    }
-                }
-            })
-        };
-        let this = Self {
-            pool,
-            spawned,
-            recorder,
-            fd_baseline,
-            _tmp: tmp,
-            finished: false,
-        };
+        let this = Self::start_unready(config, python).await?;
         if !lazy {
             this.wait_status(ready_within, |s| s.idle == size).await?;
         }
         Ok(this)
     }
 
+    async fn start_unready(mut config: PoolConfig, python: PythonEnv) -> anyhow::Result<Self> {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("dspex-{}-", config.name))
+            .tempdir()?;
+        config.env.push(("TMPDIR".into(), tmp.path().into()));
+        let fd_baseline = leak::fd_count();
+        let started = Instant::now();
+        let pool = Pool::start_on(config, python).await?;
+        let spawned = Arc::new(Mutex::new(Vec::new()));
+        let recorder = {
+            let spawned = Arc::clone(&spawned);
+            let mut events = pool.worker_events();
+            let status = pool.status();
+            record(&spawned, status.pids());
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(WorkerEvent::Spawned { pid, .. }) => record(&spawned, [pid]),
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            pool,
+            spawned,
+            recorder,
+            fd_baseline,
+            started,
+            _tmp: tmp,
+            finished: false,
+        })
+    }
+
     /// The pool under test.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// When the pool was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Waits for a ready worker (the first, in slot order).
+    ///
+    /// # Errors
+    /// When none is ready within `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> anyhow::Result<WorkerHandle> {
+        Ok(self.pool.ready_worker(timeout).await?)
+    }
+
+    /// The first worker's pid, if it has one.
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.pool
+            .status()
+            .workers
+            .first()
+            .map(|w| w.pid)
+            .filter(|&pid| pid != 0)
+    }
+
+    /// Worker restarts counted against the budget so far.
+    pub fn restarts(&self) -> u32 {
+        self.pool.status().restarts
     }
 
     /// Waits until the status satisfies `predicate`.
@@ -117,9 +361,26 @@ impl TestPool {
         }
     }
 
+    /// Waits until the pool's state satisfies `predicate`.
+    ///
+    /// # Errors
+    /// At the deadline.
+    pub async fn wait_state(
+        &self,
+        timeout: Duration,
+        mut predicate: impl FnMut(&PoolState) -> bool,
+    ) -> anyhow::Result<PoolState> {
+        Ok(self.wait_status(timeout, |s| predicate(&s.state)).await?.state)
+    }
+
     /// Pool events from now on.
-    pub fn events(&self) -> tokio::sync::broadcast::Receiver<PoolEvent> {
+    pub fn events(&self) -> broadcast::Receiver<PoolEvent> {
         self.pool.subscribe()
+    }
+
+    /// Worker events (spawned, ready, exited) from now on.
+    pub fn worker_events(&self) -> broadcast::Receiver<WorkerEvent> {
+        self.pool.worker_events()
     }
 
     /// Every worker pid this pool has had.
@@ -139,6 +400,28 @@ impl TestPool {
         Ok(())
     }
 
+    /// Sends `signal` to the first worker's process (not its group).
+    ///
+    /// # Errors
+    /// When there is no worker or the signal cannot be sent.
+    pub fn signal_worker(&self, signal: Signal) -> anyhow::Result<u32> {
+        let pid = self
+            .worker_pid()
+            .ok_or_else(|| anyhow::anyhow!("no worker"))?;
+        self.signal(pid, signal)?;
+        Ok(pid)
+    }
+
+    /// Sends a command (a fault command, for example) through the pool.
+    ///
+    /// # Errors
+    /// The pool's error.
+    pub async fn command(&self, name: &str, args: Value) -> Result<Value, PoolError> {
+        self.pool
+            .call(Command::custom(name, args), RequestOptions::default())
+            .await
+    }
+
     /// Shuts the pool down and runs the leak check; panics if anything leaked.
     pub async fn finish(mut self) -> LeakReport {
         self.finished = true;
@@ -148,12 +431,16 @@ impl TestPool {
     }
 
     async fn shutdown_and_check(&self) -> LeakReport {
-        let stragglers = self.pool.shutdown(Duration::from_secs(30)).await;
+        let stragglers = self
+            .pool
+            .shutdown(Duration::from_secs(10), Duration::from_secs(30))
+            .await;
         let mut report = leak::check(
             self.pool.run_tag(),
+            self.pool.fds(),
             &self.spawned_pids(),
             self.fd_baseline,
-            Duration::from_secs(2),
+            SETTLE,
         )
         .await;
         if stragglers > 0 {
@@ -162,6 +449,17 @@ impl TestPool {
                 .extend(std::iter::repeat_n(0, stragglers));
         }
         report
+    }
+}
+
+fn record(spawned: &Mutex<Vec<u32>>, pids: impl IntoIterator<Item = u32>) {
+    let mut seen = spawned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for pid in pids {
+        if pid != 0 && !seen.contains(&pid) {
+            seen.push(pid);
+        }
     }
 }
 

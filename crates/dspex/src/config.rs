@@ -5,15 +5,34 @@
 //!
 //! ```toml
 //! adapter = "python"        # python | bridge_mock | mock
-//! mode = "pool"             # pool | single | disabled
-//! pool_size = 4
+//! mode = "pool"             # pool | single (one worker) | disabled
+//! pool_size = 4             # pool mode only
 //! checkout_timeout_ms = 5000
 //! request_timeout_ms = 30000
+//! hang_grace_ms = 2000      # silence after a deadline that means "hung"
+//! shutdown_grace_ms = 10000 # how long shutdown lets calls in flight finish
 //! max_queue = 1000
+//! max_in_flight = 5000      # calls through this handle at once (unbounded when absent)
 //!
 //! [restart]
 //! max_restarts = 3
 //! within_ms = 5000
+//!
+//! [revive]                  # present: a failed pool tries again
+//! cooldown_ms = 1000        # doubling per attempt ...
+//! max_cooldown_ms = 60000   # ... up to this
+//!
+//! [recycle]                 # replace healthy workers after any of these
+//! max_requests = 10000
+//! max_age_ms = 3600000
+//! max_rss_mb = 1024
+//!
+//! [health]
+//! interval_ms = 5000
+//! timeout_ms = 10000
+//! degraded_after = 1
+//! unhealthy_after = 3
+//! restart_after = 3
 //!
 //! [lm]
 //! model = "openai/gpt-4o-mini"
@@ -23,11 +42,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dspex_protocol::LmConfig;
+use dspex_bridge::health::HealthConfig;
+use dspex_bridge::pool::{RecyclePolicy, RevivePolicy};
+use dspex_protocol::{LmConfig, Secret};
+use dspex_supervision::Backoff;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::resilience::{BreakerConfig, RetryPolicy};
+use crate::resilience::{BreakerConfig, RetryBudget, RetryPolicy};
 
 /// Which implementation serves calls. Chosen explicitly; there is no test
 /// mode hidden anywhere else.
@@ -82,7 +104,7 @@ impl Default for RestartSettings {
 }
 
 /// Retry settings of the execute path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrySettings {
     /// Attempts in all (1: no retry).
@@ -91,15 +113,87 @@ pub struct RetrySettings {
     pub base_ms: u64,
     /// The largest delay, in milliseconds.
     pub cap_ms: u64,
+    /// Retries allowed per request, on average (the retry budget).
+    pub budget_ratio: f32,
+    /// Retries allowed per second whatever the traffic.
+    pub budget_min_per_sec: u32,
 }
 
 impl Default for RetrySettings {
     fn default() -> Self {
         let policy = RetryPolicy::default();
+        let budget = RetryBudget::default();
         Self {
             max_attempts: policy.max_attempts,
             base_ms: millis(policy.base),
             cap_ms: millis(policy.cap),
+            budget_ratio: budget.ratio,
+            budget_min_per_sec: budget.min_per_sec,
+        }
+    }
+}
+
+/// The revive policy: present, a `Failed` pool tries again after a
+/// cool-down that doubles per attempt, capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReviveSettings {
+    /// The first cool-down, in milliseconds.
+    pub cooldown_ms: u64,
+    /// The longest cool-down, in milliseconds.
+    pub max_cooldown_ms: u64,
+}
+
+impl Default for ReviveSettings {
+    fn default() -> Self {
+        let backoff = RevivePolicy::default().cooldown;
+        Self {
+            cooldown_ms: millis(backoff.initial),
+            max_cooldown_ms: millis(backoff.max),
+        }
+    }
+}
+
+/// Recycling: healthy workers replaced (start the new one, retire the old
+/// one when idle) after any of these limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecycleSettings {
+    /// Requests one worker serves.
+    pub max_requests: Option<u64>,
+    /// How long one worker serves, in milliseconds.
+    pub max_age_ms: Option<u64>,
+    /// Resident memory one worker may reach, in MiB.
+    pub max_rss_mb: Option<u64>,
+}
+
+/// Health checks of the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Time between pings, in milliseconds.
+    pub interval_ms: u64,
+    /// How long one ping may take, in milliseconds (a later answer is a
+    /// failed check).
+    pub timeout_ms: u64,
+    /// Consecutive failed checks that make a worker degraded.
+    pub degraded_after: u32,
+    /// Consecutive failed checks that make a worker unhealthy.
+    pub unhealthy_after: u32,
+    /// Consecutive failed checks after which a worker is replaced (absent:
+    /// never).
+    pub restart_after: Option<u32>,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        let health = HealthConfig::default();
+        Self {
+            interval_ms: millis(health.interval),
+            timeout_ms: millis(health.timeout),
+            degraded_after: health.degraded_after,
+            unhealthy_after: health.unhealthy_after,
+            restart_after: health.restart_after,
         }
     }
 }
@@ -130,8 +224,8 @@ impl Default for BreakerSettings {
 pub struct LmSettings {
     /// A litellm model string, or `dummy` for the offline LM.
     pub model: String,
-    /// The API key itself (prefer `api_key_env`).
-    pub api_key: Option<String>,
+    /// The API key itself (prefer `api_key_env`); redacted when printed.
+    pub api_key: Option<Secret>,
     /// The environment variable holding the API key.
     pub api_key_env: Option<String>,
     /// The provider's base URL.
@@ -152,11 +246,11 @@ impl LmSettings {
     pub fn to_lm_config(&self) -> Result<LmConfig> {
         let api_key = match (&self.api_key, &self.api_key_env) {
             (Some(key), _) => Some(key.clone()),
-            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+            (None, Some(var)) => Some(Secret::new(std::env::var(var).map_err(|_| {
                 Error::configuration(format!(
                     "lm.api_key_env names {var}, which is not set in the environment"
                 ))
-            })?),
+            })?)),
             (None, None) => None,
         };
         let mut config = LmConfig {
@@ -186,6 +280,8 @@ pub struct PythonSettings {
 }
 
 /// The whole configuration. See the module docs for the file form.
+///
+/// Its `Debug` output redacts the LM's API key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -195,7 +291,7 @@ pub struct Config {
     pub adapter: AdapterKind,
     /// Pool, single worker, or disabled (Python and bridge-mock adapters).
     pub mode: ModeSetting,
-    /// Workers in the pool.
+    /// Workers in the pool (pool mode; single mode has one).
     pub pool_size: usize,
     /// Extra workers while callers wait.
     pub max_overflow: usize,
@@ -205,10 +301,25 @@ pub struct Config {
     pub max_queue: Option<usize>,
     /// How long a call waits for a free worker, in milliseconds.
     pub checkout_timeout_ms: u64,
-    /// How long a request may run, in milliseconds.
+    /// How long a request may take, waiting for a worker included, in
+    /// milliseconds.
     pub request_timeout_ms: u64,
+    /// How long a worker may stay silent after a request's deadline before
+    /// it is judged hung and replaced, in milliseconds.
+    pub hang_grace_ms: u64,
+    /// How long a shutdown lets the calls in flight finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Calls through this handle at once; more are refused at once
+    /// (`Overloaded`). Unbounded when absent.
+    pub max_in_flight: Option<usize>,
     /// Restart budget.
     pub restart: RestartSettings,
+    /// Whether (and how soon) a failed pool tries again; off when absent.
+    pub revive: Option<ReviveSettings>,
+    /// Recycling of healthy workers.
+    pub recycle: RecycleSettings,
+    /// Health checks.
+    pub health: HealthSettings,
     /// Retries.
     pub retry: RetrySettings,
     /// Circuit breaker.
@@ -233,7 +344,13 @@ impl Default for Config {
             max_queue: None,
             checkout_timeout_ms: 5_000,
             request_timeout_ms: 30_000,
+            hang_grace_ms: 2_000,
+            shutdown_grace_ms: 10_000,
+            max_in_flight: None,
             restart: RestartSettings::default(),
+            revive: None,
+            recycle: RecycleSettings::default(),
+            health: HealthSettings::default(),
             retry: RetrySettings::default(),
             breaker: BreakerSettings::default(),
             lm: None,
@@ -333,7 +450,7 @@ impl Config {
             lm.model = model;
         }
         if let Some(key) = var("DSPEX_LM_API_KEY") {
-            self.lm.get_or_insert_with(LmSettings::default).api_key = Some(key);
+            self.lm.get_or_insert_with(LmSettings::default).api_key = Some(Secret::new(key));
         }
         if let Some(base) = var("DSPEX_LM_API_BASE") {
             self.lm.get_or_insert_with(LmSettings::default).api_base = Some(base);
@@ -373,6 +490,38 @@ impl Config {
         if self.request_timeout_ms == 0 {
             return fail("request_timeout_ms", "must be positive");
         }
+        if self.hang_grace_ms == 0 {
+            return fail("hang_grace_ms", "must be positive");
+        }
+        if self.max_in_flight == Some(0) {
+            return fail("max_in_flight", "must be at least 1 (omit it for no bound)");
+        }
+        if let Some(revive) = &self.revive
+            && revive.cooldown_ms > revive.max_cooldown_ms
+        {
+            return fail("revive.cooldown_ms", "must not exceed revive.max_cooldown_ms");
+        }
+        if self.recycle.max_requests == Some(0) {
+            return fail("recycle.max_requests", "must be at least 1 (omit it for no limit)");
+        }
+        if self.recycle.max_age_ms == Some(0) {
+            return fail("recycle.max_age_ms", "must be positive (omit it for no limit)");
+        }
+        if self.recycle.max_rss_mb == Some(0) {
+            return fail("recycle.max_rss_mb", "must be positive (omit it for no limit)");
+        }
+        if self.health.interval_ms == 0 || self.health.timeout_ms == 0 {
+            return fail("health", "interval_ms and timeout_ms must be positive");
+        }
+        if self.health.degraded_after > self.health.unhealthy_after {
+            return fail(
+                "health.degraded_after",
+                "must not exceed health.unhealthy_after",
+            );
+        }
+        if !(0.0..=1000.0).contains(&self.retry.budget_ratio) {
+            return fail("retry.budget_ratio", "must be between 0 and 1000");
+        }
         if self.restart.within_ms == 0 {
             return fail("restart.within_ms", "must be positive");
         }
@@ -410,6 +559,56 @@ impl Config {
     /// The request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The hang grace.
+    pub fn hang_grace(&self) -> Duration {
+        Duration::from_millis(self.hang_grace_ms)
+    }
+
+    /// The shutdown grace.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The retry budget.
+    pub fn retry_budget(&self) -> RetryBudget {
+        RetryBudget {
+            ratio: self.retry.budget_ratio,
+            min_per_sec: self.retry.budget_min_per_sec,
+            ..RetryBudget::default()
+        }
+    }
+
+    /// The revive policy, if on.
+    pub fn revive_policy(&self) -> Option<RevivePolicy> {
+        self.revive.map(|revive| RevivePolicy {
+            cooldown: Backoff {
+                initial: Duration::from_millis(revive.cooldown_ms),
+                factor: 2,
+                max: Duration::from_millis(revive.max_cooldown_ms),
+            },
+        })
+    }
+
+    /// The recycling limits.
+    pub fn recycle_policy(&self) -> RecyclePolicy {
+        RecyclePolicy {
+            max_requests: self.recycle.max_requests,
+            max_age: self.recycle.max_age_ms.map(Duration::from_millis),
+            max_rss_mb: self.recycle.max_rss_mb,
+        }
+    }
+
+    /// The health checks.
+    pub fn health_config(&self) -> HealthConfig {
+        HealthConfig {
+            interval: Duration::from_millis(self.health.interval_ms),
+            timeout: Duration::from_millis(self.health.timeout_ms),
+            degraded_after: self.health.degraded_after,
+            unhealthy_after: self.health.unhealthy_after,
+            restart_after: self.health.restart_after,
+        }
     }
 
     /// The retry policy.

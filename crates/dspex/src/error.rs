@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dspex_bridge::pool::PoolError;
 use dspex_bridge::process::Exit;
-use dspex_bridge::{BridgeError, WorkerError};
+use dspex_bridge::WorkerError;
 use dspex_protocol::ErrorKind;
 
 use crate::signature::{FieldRole, SignatureError, ValidationError};
@@ -48,7 +48,8 @@ pub enum Category {
 pub enum Deadline {
     /// Waiting for a free worker; the request was never sent.
     Checkout,
-    /// The request itself; the worker was killed and replaced.
+    /// The request itself. The worker was told the deadline, abandoned the
+    /// work and stays in service (it is replaced only if it was hung).
     Request,
 }
 
@@ -60,7 +61,10 @@ pub enum Deadline {
 ///
 /// let error = Error::Timeout { deadline: Deadline::Checkout, after: Duration::from_secs(5) };
 /// assert_eq!(error.category(), Category::Timeout);
-/// assert!(error.is_retryable() && error.never_ran());
+/// // A refusal: it never ran, and the caller is told when to come back
+/// // instead of being retried behind its back.
+/// assert!(error.is_refusal() && error.never_ran());
+/// assert_eq!(error.suggested_delay(), Some(Duration::from_millis(100)));
 /// assert_eq!(error.to_string(), "waiting for a free worker timed out after 5s");
 /// ```
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,11 +94,14 @@ pub enum Error {
         /// Its length.
         after: Duration,
     },
-    /// The wait queue is full.
+    /// Too many callers: the wait queue is full, or the handle's limit of
+    /// calls in flight is reached. Nothing ran.
     #[error("overloaded: {message}")]
     Overloaded {
         /// Details.
         message: String,
+        /// When trying again makes sense.
+        retry_after: Duration,
     },
     /// The worker died while serving the call.
     #[error("the worker crashed ({exit}){}", tail(.stderr_tail))]
@@ -134,13 +141,15 @@ pub enum Error {
         /// The session.
         session_id: String,
     },
-    /// Nothing can serve the call.
+    /// Nothing can serve the call now; it did not run.
     #[error("unavailable: {cause}")]
     Unavailable {
         /// Why.
         cause: String,
-        /// Whether waiting may help (a circuit that will half-open, a restart).
-        transient: bool,
+        /// When trying again makes sense (a circuit that will half-open, a
+        /// pool that will revive, a worker being replaced); `None` when
+        /// waiting will not help (shut down, disabled, failed for good).
+        retry_after: Option<Duration>,
     },
 }
 
@@ -189,9 +198,9 @@ impl Error {
         }
     }
 
-    /// Whether trying again may succeed: the failure was in the machinery
-    /// (a crash, a timeout, a full queue, a transient LM failure), not in the
-    /// call itself.
+    /// Whether trying again, later, may succeed: the failure was in the
+    /// machinery (a crash, a timeout, a full queue, a transient LM failure),
+    /// not in the call itself.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Timeout { .. }
@@ -199,7 +208,7 @@ impl Error {
             | Self::WorkerCrashed { .. }
             | Self::Protocol { .. } => true,
             Self::Lm { configured, .. } => *configured,
-            Self::Unavailable { transient, .. } => *transient,
+            Self::Unavailable { retry_after, .. } => retry_after.is_some(),
             Self::Configuration { .. }
             | Self::Validation { .. }
             | Self::Python { .. }
@@ -222,24 +231,81 @@ impl Error {
         )
     }
 
-    /// How long to wait before retrying, if retrying makes sense.
-    pub fn suggested_delay(&self) -> Option<Duration> {
-        if !self.is_retryable() {
-            return None;
-        }
-        Some(match self {
-            // A replacement worker needs about one boot.
-            Self::WorkerCrashed { .. } | Self::Protocol { .. } => Duration::from_millis(250),
+    /// Whether this is a refusal that says "not now" — a full queue, no
+    /// worker free in time, an open circuit, a pool that is failed or
+    /// shutting down. Refusals are returned at once with their
+    /// [`Error::suggested_delay`] and never retried inside DSPex: retrying
+    /// them would multiply the load that caused them.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Overloaded { .. }
+                | Self::Unavailable { .. }
+                | Self::Timeout {
+                    deadline: Deadline::Checkout,
+                    ..
+                }
+        )
+    }
+
+    /// Whether the execute path's retry layer may try the call again: a
+    /// failure of the machinery (not a refusal, not the caller's fault, not
+    /// the deadline, which is spent), and either the request never ran or
+    /// the call is idempotent.
+    pub fn may_retry(&self, idempotent: bool) -> bool {
+        let deadline_spent = matches!(
+            self,
             Self::Timeout {
                 deadline: Deadline::Request,
                 ..
-            } => Duration::from_millis(250),
-            Self::Timeout { .. } | Self::Overloaded { .. } => Duration::from_millis(100),
-            Self::Lm { .. } => Duration::from_secs(1),
-            _ => Duration::from_secs(1),
-        })
+            }
+        );
+        self.is_retryable()
+            && !self.is_refusal()
+            && !deadline_spent
+            && (idempotent || self.never_ran())
+    }
+
+    /// Whether this failure says the machinery is broken, so it counts
+    /// toward the circuit breaker: a worker that crashed or broke the wire
+    /// protocol. A structured error reply (even a `ProtocolError` about an
+    /// oversized result), a slow LM, a refusal or a bad input never counts.
+    pub fn indicates_broken_worker(&self) -> bool {
+        matches!(self, Self::WorkerCrashed { .. } | Self::Protocol { .. })
+    }
+
+    /// How long to wait before trying again, if trying again makes sense.
+    pub fn suggested_delay(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded { retry_after, .. } => Some(*retry_after),
+            Self::Unavailable { retry_after, .. } => *retry_after,
+            _ if !self.is_retryable() => None,
+            // A replacement worker needs about one boot.
+            Self::WorkerCrashed { .. } | Self::Protocol { .. } => Some(Duration::from_millis(250)),
+            Self::Timeout {
+                deadline: Deadline::Request,
+                ..
+            } => Some(Duration::from_millis(250)),
+            Self::Timeout { .. } => Some(Duration::from_millis(100)),
+            _ => Some(Duration::from_secs(1)),
+        }
+    }
+
+    /// The handle is shutting down.
+    pub(crate) fn shutting_down() -> Self {
+        Self::Unavailable {
+            cause: "DSPex is shutting down".into(),
+            retry_after: None,
+        }
     }
 }
+
+/// How long a caller refused by a full queue should wait.
+pub(crate) const OVERLOADED_RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// How long a replacement worker takes, about: the delay suggested after a
+/// worker was found gone.
+const REPLACEMENT: Duration = Duration::from_millis(250);
 
 impl From<ValidationError> for Error {
     fn from(error: ValidationError) -> Self {
@@ -296,11 +362,16 @@ impl From<WorkerError> for Error {
                 },
                 ErrorKind::DeadlineExceeded => Self::Timeout {
                     deadline: Deadline::Request,
-                    after: Duration::ZERO,
+                    after: remote
+                        .details
+                        .as_ref()
+                        .and_then(|d| d.get("deadline_ms"))
+                        .and_then(serde_json::Value::as_u64)
+                        .map_or(Duration::ZERO, Duration::from_millis),
                 },
-                ErrorKind::ProtocolError => Self::Protocol {
-                    message: remote.message,
-                },
+                // A structured `ProtocolError` reply (a result too large to
+                // send, say) comes from a worker that stays in step: it is
+                // Python's answer, not a broken stream.
                 kind => Self::Python {
                     kind,
                     message: remote.message,
@@ -322,19 +393,9 @@ impl From<WorkerError> for Error {
                 message: error.to_string(),
             },
             WorkerError::Refused(error) => Self::validation("request", None, error.to_string()),
-            WorkerError::Spawn(error) => Self::Unavailable {
-                cause: error.to_string(),
-                transient: true,
-            },
-            WorkerError::BootTimeout { .. } | WorkerError::Unavailable { .. } => {
-                Self::Unavailable {
-                    cause: error.to_string(),
-                    transient: true,
-                }
-            }
             other => Self::Unavailable {
                 cause: other.to_string(),
-                transient: true,
+                retry_after: Some(REPLACEMENT),
             },
         }
     }
@@ -350,50 +411,18 @@ impl From<PoolError> for Error {
             },
             PoolError::Overloaded { .. } => Self::Overloaded {
                 message: error.to_string(),
+                retry_after: OVERLOADED_RETRY_AFTER,
             },
-            PoolError::Unavailable { cause } => Self::Unavailable {
+            PoolError::Unavailable { cause, retry_in } => Self::Unavailable {
                 cause,
-                transient: false,
+                retry_after: retry_in,
             },
             PoolError::SessionLost { session_id } => Self::SessionLost { session_id },
-            PoolError::ProgramNotFound { program_id } => Self::validation(
-                "program",
-                None,
-                format!("no program {program_id:?}; create it first"),
-            ),
-            PoolError::ShuttingDown => Self::Unavailable {
-                cause: "DSPex is shutting down".into(),
-                transient: false,
-            },
+            PoolError::ShuttingDown => Self::shutting_down(),
             PoolError::Environment(error) => Self::configuration(error.to_string()),
             other => Self::Unavailable {
                 cause: other.to_string(),
-                transient: false,
-            },
-        }
-    }
-}
-
-impl From<BridgeError> for Error {
-    fn from(error: BridgeError) -> Self {
-        match error {
-            BridgeError::Worker(error) => error.into(),
-            BridgeError::CheckoutTimeout(after) => Self::Timeout {
-                deadline: Deadline::Checkout,
-                after,
-            },
-            BridgeError::Unavailable { cause } => Self::Unavailable {
-                cause,
-                transient: false,
-            },
-            BridgeError::ShuttingDown => Self::Unavailable {
-                cause: "DSPex is shutting down".into(),
-                transient: false,
-            },
-            BridgeError::Environment(error) => Self::configuration(error.to_string()),
-            other => Self::Unavailable {
-                cause: other.to_string(),
-                transient: false,
+                retry_after: None,
             },
         }
     }
@@ -430,15 +459,40 @@ mod tests {
         assert!(matches!(invalid, Error::Validation { field: Some(ref f), .. } if f == "question"));
 
         let queued: Error = PoolError::CheckoutTimeout(Duration::from_millis(5)).into();
-        assert!(queued.is_retryable() && queued.never_ran());
+        assert!(queued.is_retryable() && queued.never_ran() && queued.is_refusal());
+        assert!(!queued.may_retry(true), "a refusal is returned, not retried");
         assert_eq!(queued.suggested_delay(), Some(Duration::from_millis(100)));
 
         let failed: Error = PoolError::Unavailable {
             cause: "gave up".into(),
+            retry_in: None,
         }
         .into();
         assert!(!failed.is_retryable());
         assert_eq!(failed.suggested_delay(), None);
+        let reviving: Error = PoolError::Unavailable {
+            cause: "gave up".into(),
+            retry_in: Some(Duration::from_secs(3)),
+        }
+        .into();
+        assert!(reviving.is_retryable() && reviving.is_refusal());
+        assert_eq!(reviving.suggested_delay(), Some(Duration::from_secs(3)));
+
+        assert!(crash.may_retry(true) && !crash.may_retry(false));
+        assert!(crash.indicates_broken_worker());
+        let oversized: Error = WorkerError::Remote(RemoteError::new(
+            ErrorKind::ProtocolError,
+            "reply of 70000000 bytes exceeds max frame",
+        ))
+        .into();
+        assert_eq!(oversized.category(), Category::Python);
+        assert!(!oversized.indicates_broken_worker(), "the worker is healthy");
+        let slow: Error = WorkerError::RequestTimeout {
+            worker_id: "w".into(),
+            after: Duration::from_millis(150),
+        }
+        .into();
+        assert!(!slow.indicates_broken_worker() && !slow.may_retry(true));
 
         let unconfigured: Error =
             WorkerError::Remote(RemoteError::new(ErrorKind::LmNotConfigured, "no LM")).into();

@@ -2,7 +2,6 @@
 
 use dspex_bridge::pool::PoolEvent;
 use dspex_bridge::process::Exit;
-use dspex_bridge::worker::WorkerEvent;
 
 /// Something that happened to the workers serving this instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,11 +37,23 @@ pub enum Event {
         /// The session.
         session_id: String,
     },
-    /// The restart budget is exhausted; nothing serves any more.
+    /// A worker was recycled (a limit reached); its replacement serves.
+    WorkerRecycled {
+        /// Its id.
+        id: String,
+        /// Its OS pid.
+        pid: u32,
+        /// Which limit.
+        reason: String,
+    },
+    /// The restart budget is exhausted; nothing serves any more (until a
+    /// revive, if the policy is on).
     Failed {
         /// The last failure.
         cause: String,
     },
+    /// A failed pool serves again (revive policy).
+    Revived,
 }
 
 impl Event {
@@ -53,23 +64,8 @@ impl Event {
             PoolEvent::WorkerRemoved { id, pid, reason } => Self::WorkerRemoved { id, pid, reason },
             PoolEvent::SessionLost { session_id } => Self::SessionLost { session_id },
             PoolEvent::PoolFailed { cause } => Self::Failed { cause },
-            _ => return None,
-        })
-    }
-
-    pub(crate) fn from_worker(event: WorkerEvent) -> Option<Self> {
-        Some(match event {
-            WorkerEvent::Ready { worker_id, pid } => Self::WorkerReady { id: worker_id, pid },
-            WorkerEvent::Exited {
-                worker_id,
-                pid,
-                exit,
-                requested: false,
-            } => Self::WorkerExited {
-                id: worker_id,
-                pid,
-                exit,
-            },
+            PoolEvent::WorkerRecycled { id, pid, reason } => Self::WorkerRecycled { id, pid, reason },
+            PoolEvent::Revived => Self::Revived,
             _ => return None,
         })
     }

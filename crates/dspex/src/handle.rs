@@ -2,35 +2,40 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use dspex_bridge::pool::{PoolConfig, Session as PoolSession};
-use dspex_bridge::{BridgeConfig, PythonConfig, WorkerConfig};
+use dspex_bridge::pool::{PoolConfig, ProgramVersion, Session as PoolSession};
+use dspex_bridge::{PythonConfig, TreeConfig, WorkerConfig};
 use dspex_protocol::{LmConfig, Map, ProgramDefinition, Value};
 use dspex_supervision::{Backoff, RestartIntensity};
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tower::ServiceExt;
 
 use crate::adapter::{
-    Adapter, AdapterStatus, Execution, MockAdapter, Operation, PoolAdapter, SingleAdapter,
+    Adapter, AdapterService, AdapterStatus, ExecuteRequest, Execution, MockAdapter, Operation,
+    PoolAdapter,
 };
 use crate::config::{AdapterKind, Config, ModeSetting};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::program::{Module, Prediction, Program, ProgramInfo};
-use crate::resilience::{BreakerStatus, CircuitBreaker, RetryPolicy};
+use crate::resilience::{
+    BreakerStatus, CircuitBreaker, ExecuteStack, Gate, RetryPolicy, Retrying, StackParts,
+};
 use crate::signature::{Signature, TypedSignature};
 
 /// Per-call options of [`Dspex::execute`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExecuteOptions {
-    /// Overrides the request timeout.
+    /// The call's whole time budget (waiting for a worker and retries
+    /// included); overrides the request timeout.
     pub timeout: Option<Duration>,
     /// The session (affinity to one worker; stateful sessions stay there).
     pub session: Option<PoolSession>,
-    /// An LM for this call only.
+    /// An LM for this call only (a worker registers it once; later calls
+    /// only name it).
     pub lm: Option<LmConfig>,
     /// The call may run twice without harm, so it is retried even after
     /// failures that may have run it (a crash mid-request). Calls are not
@@ -73,12 +78,18 @@ impl ExecuteOptions {
 /// A snapshot of a running instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
-    /// The adapter's view (mode, pool or bridge status, failure, environment).
+    /// The adapter's view (mode, pool status, failure, environment).
     pub adapter: AdapterStatus,
     /// The circuit breaker.
     pub breaker: BreakerStatus,
     /// Retries made so far.
     pub retries: u64,
+    /// Retries the policy allowed but the retry budget refused.
+    pub retries_denied: u64,
+    /// Calls in flight through this handle.
+    pub in_flight: usize,
+    /// Whether the handle has stopped admitting calls (shutting down).
+    pub closing: bool,
     /// Programs known.
     pub programs: usize,
 }
@@ -185,6 +196,19 @@ impl DspexBuilder {
         self
     }
 
+    /// Sets how long shutdown lets the calls in flight finish.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace_ms = millis(grace);
+        self
+    }
+
+    /// Bounds the calls in flight through this handle; more are refused at
+    /// once.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.config.max_in_flight = Some(max);
+        self
+    }
+
     /// Sets the restart budget.
     pub fn restart_budget(mut self, max_restarts: u32, within: Duration) -> Self {
         self.config.restart.max_restarts = max_restarts;
@@ -249,14 +273,28 @@ impl DspexBuilder {
             Some(adapter) => adapter,
             None => start_adapter(&config).await?,
         };
+        let gate = Arc::new(Gate::default());
+        let breaker = Arc::new(CircuitBreaker::new(config.breaker_config()));
+        let retry = Retrying::new(config.retry_policy(), config.retry_budget());
+        let stack = crate::resilience::stack(
+            StackParts {
+                gate: Arc::clone(&gate),
+                default_timeout: config.request_timeout(),
+                retry: retry.clone(),
+                breaker: Arc::clone(&breaker),
+                max_in_flight: config.max_in_flight,
+            },
+            AdapterService::new(Arc::clone(&adapter)),
+        );
         let dspex = Dspex {
             inner: Arc::new(Inner {
-                breaker: CircuitBreaker::new(config.breaker_config()),
-                retry: config.retry_policy(),
-                request_timeout: config.request_timeout(),
                 adapter,
+                stack,
+                gate,
+                breaker,
+                retry,
+                shutdown_grace: config.shutdown_grace(),
                 programs: RwLock::default(),
-                retries: AtomicU64::new(0),
             }),
         };
         let lm = match (self.lm, &config.lm) {
@@ -289,6 +327,7 @@ async fn start_adapter(config: &Config) -> Result<Arc<dyn Adapter>> {
     };
     let worker = WorkerConfig {
         request_timeout: config.request_timeout(),
+        hang_grace: config.hang_grace(),
         ..WorkerConfig::default()
     };
     let intensity = RestartIntensity {
@@ -311,29 +350,34 @@ async fn start_adapter(config: &Config) -> Result<Arc<dyn Adapter>> {
         max_queue: config.max_queue,
         intensity,
         backoff,
+        recycle: config.recycle_policy(),
+        revive: config.revive_policy(),
+        health: config.health_config(),
         env: env.clone(),
         ..PoolConfig::default()
     };
     Ok(match (config.adapter, config.mode) {
         (AdapterKind::Mock, _) => Arc::new(MockAdapter::new()),
-        (AdapterKind::BridgeMock, _) => Arc::new(PoolAdapter::bridge_mock(pool_config()).await?),
+        (AdapterKind::BridgeMock, ModeSetting::Pool) => {
+            Arc::new(PoolAdapter::bridge_mock(pool_config()).await?)
+        }
+        (AdapterKind::BridgeMock, ModeSetting::Single) => {
+            Arc::new(PoolAdapter::bridge_mock(pool_config().single()).await?)
+        }
+        (AdapterKind::BridgeMock, ModeSetting::Disabled) => {
+            return Err(Error::configuration(
+                "mode: the bridge mock runs fake workers; use mode pool or single",
+            ));
+        }
         (AdapterKind::Python, ModeSetting::Pool) => {
-            Arc::new(PoolAdapter::python(pool_config()).await?)
+            Arc::new(PoolAdapter::python(TreeConfig::Pool(pool_config())).await?)
         }
         (AdapterKind::Python, ModeSetting::Single) => {
-            let bridge = BridgeConfig {
-                name: config.name.clone(),
-                python,
-                worker,
-                intensity,
-                backoff,
-                checkout_timeout: config.checkout_timeout(),
-                env,
-                ..BridgeConfig::default()
-            };
-            Arc::new(SingleAdapter::start(Some(bridge)).await?)
+            Arc::new(PoolAdapter::python(TreeConfig::Single(pool_config().single())).await?)
         }
-        (AdapterKind::Python, ModeSetting::Disabled) => Arc::new(SingleAdapter::start(None).await?),
+        (AdapterKind::Python, ModeSetting::Disabled) => {
+            Arc::new(PoolAdapter::python(TreeConfig::Disabled).await?)
+        }
     })
 }
 
@@ -343,19 +387,31 @@ pub struct Dspex {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     adapter: Arc<dyn Adapter>,
+    /// The execute path: the resilience layers around the adapter.
+    stack: ExecuteStack,
+    gate: Arc<Gate>,
+    breaker: Arc<CircuitBreaker>,
+    retry: Retrying,
+    shutdown_grace: Duration,
+    /// The one store of programs: every adapter is given the version it runs.
     programs: RwLock<HashMap<String, Arc<ProgramEntry>>>,
-    breaker: CircuitBreaker,
-    retry: RetryPolicy,
-    request_timeout: Duration,
-    retries: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("adapter", &self.adapter)
+            .field("gate", &self.gate)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct ProgramEntry {
-    pub(crate) definition: Arc<ProgramDefinition>,
+    pub(crate) version: ProgramVersion,
     pub(crate) signature: Signature,
 }
 
@@ -375,6 +431,7 @@ impl Dspex {
     /// The adapter's errors (a rejected configuration is [`Error::Validation`]
     /// or [`Error::Lm`]).
     pub async fn configure_lm(&self, lm: LmConfig) -> Result<()> {
+        let _admitted = self.inner.gate.admit()?;
         self.inner.adapter.call(Operation::ConfigureLm(lm)).await?;
         Ok(())
     }
@@ -393,20 +450,18 @@ impl Dspex {
         module: Module,
     ) -> Result<ProgramInfo> {
         validate_program_id(program_id)?;
-        let definition = Arc::new(ProgramDefinition {
+        let version = ProgramVersion::new(ProgramDefinition {
             program_id: program_id.to_owned(),
             signature: signature.to_spec(),
             module: module.as_str().to_owned(),
             demos: Vec::new(),
         });
+        let _admitted = self.inner.gate.admit()?;
         self.inner
             .adapter
-            .call(Operation::CreateProgram(Arc::clone(&definition)))
+            .call(Operation::CreateProgram(version.clone()))
             .await?;
-        let entry = Arc::new(ProgramEntry {
-            definition,
-            signature,
-        });
+        let entry = Arc::new(ProgramEntry { version, signature });
         let info = ProgramInfo::of(&entry);
         self.write_programs().insert(program_id.to_owned(), entry);
         Ok(info)
@@ -479,13 +534,18 @@ impl Dspex {
     /// # });
     /// ```
     ///
-    /// Retries follow the policy: errors that guarantee the request never
-    /// ran are retried; others only for calls marked idempotent. The circuit
-    /// breaker refuses calls at once while open.
+    /// The call runs through the resilience layers
+    /// ([`crate::resilience`]): one deadline for the whole call; retries
+    /// only of failures of the machinery that may be retried (errors that
+    /// guarantee the request never ran, others only for calls marked
+    /// idempotent), within a budget; refusals — a full queue, no worker in
+    /// time, an open circuit — are returned at once with their suggested
+    /// delay.
     ///
     /// # Cancel safety
     /// Dropping the future while queued leaves the queue; while a request
-    /// runs, its reply is drained by request id and reaches nobody.
+    /// runs, its worker stays out of service until the worker has answered,
+    /// and the reply reaches nobody.
     ///
     /// # Errors
     /// [`Error::Validation`] (nothing sent) and every category of [`Error`].
@@ -498,56 +558,26 @@ impl Dspex {
         let entry = self.entry(program_id)?;
         let inputs = to_map(&inputs)?;
         entry.signature.validate_inputs(&inputs)?;
-        let policy = options.retry.unwrap_or(self.inner.retry);
         let started = Instant::now();
-        let mut delay = policy.base;
-        let mut attempt = 1;
-        loop {
-            let result = self.attempt(&entry, &inputs, &options).await;
-            match result {
-                Ok(mut prediction) => {
-                    prediction.attempts = attempt;
-                    prediction.latency = started.elapsed();
-                    return Ok(prediction);
-                }
-                Err(error) if policy.should_retry(attempt, &error, options.idempotent) => {
-                    delay = policy.next_delay(delay, &error);
-                    tracing::debug!(program_id, attempt, ?delay, %error, "retrying");
-                    self.inner.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-    }
-
-    async fn attempt(
-        &self,
-        entry: &ProgramEntry,
-        inputs: &Map<String, Value>,
-        options: &ExecuteOptions,
-    ) -> Result<Prediction> {
-        self.inner.breaker.allow()?;
-        let execution = Execution {
-            program: Arc::clone(&entry.definition),
-            inputs: inputs.clone(),
-            session: options.session.clone(),
-            timeout: Some(options.timeout.unwrap_or(self.inner.request_timeout)),
-            lm: options.lm.clone(),
+        let request = ExecuteRequest {
+            execution: Execution {
+                program: entry.version.clone(),
+                inputs,
+                session: options.session,
+                timeout: None,
+                lm: options.lm,
+            },
+            timeout: options.timeout,
+            deadline: None,
+            idempotent: options.idempotent,
+            retry: options.retry,
+            attempt: 1,
         };
-        let result = self
-            .inner
-            .adapter
-            .call(Operation::Execute(Box::new(execution)))
-            .await;
-        match &result {
-            Ok(_) => self.inner.breaker.on_success(),
-            Err(error) => self.inner.breaker.on_failure(error),
-        }
-        let reply = result?;
-        let prediction = Prediction::from_reply(&entry.definition.program_id, reply)?;
+        let executed = self.inner.stack.clone().oneshot(request).await?;
+        let mut prediction = Prediction::from_reply(entry.version.id(), executed.reply)?;
         entry.signature.validate_outputs(&prediction.outputs)?;
+        prediction.attempts = executed.attempts;
+        prediction.latency = started.elapsed();
         Ok(prediction)
     }
 
@@ -579,6 +609,7 @@ impl Dspex {
     /// # Errors
     /// The adapter's errors.
     pub async fn delete_program(&self, program_id: &str) -> Result<bool> {
+        let _admitted = self.inner.gate.admit()?;
         let existed = self.write_programs().remove(program_id).is_some();
         if existed {
             self.inner
@@ -622,7 +653,10 @@ impl Dspex {
         Status {
             adapter: self.inner.adapter.status(),
             breaker: self.inner.breaker.status(),
-            retries: self.inner.retries.load(Ordering::Relaxed),
+            retries: self.inner.retry.retries(),
+            retries_denied: self.inner.retry.denied(),
+            in_flight: self.inner.gate.in_flight(),
+            closing: self.inner.gate.is_closed(),
             programs: self.read_programs().len(),
         }
     }
@@ -632,13 +666,35 @@ impl Dspex {
         self.inner.adapter.events()
     }
 
-    /// Stops every worker (in-flight requests are answered or failed) and
-    /// waits until they are gone.
+    /// Shuts down gracefully, whatever the adapter and mode: stops
+    /// admitting (new calls are refused at once), lets the calls in flight
+    /// finish within the shutdown grace (`shutdown_grace_ms`, default 10 s),
+    /// then stops every worker and waits until they are gone.
     ///
     /// # Cancel safety
-    /// The shutdown proceeds if the future is dropped.
+    /// The handle stays closed if the future is dropped; the calls in flight
+    /// keep running, and the workers stay up until a later shutdown (or the
+    /// drop of the last handle's tree).
     pub async fn shutdown(&self) {
-        self.inner.adapter.shutdown().await;
+        self.shutdown_within(self.inner.shutdown_grace).await;
+    }
+
+    /// [`Dspex::shutdown`] with this grace for the calls in flight.
+    ///
+    /// # Cancel safety
+    /// As [`Dspex::shutdown`].
+    pub async fn shutdown_within(&self, grace: Duration) {
+        let started = Instant::now();
+        self.inner.gate.close();
+        if !self.inner.gate.drained(grace).await {
+            tracing::warn!(
+                in_flight = self.inner.gate.in_flight(),
+                ?grace,
+                "shutdown: calls still in flight after the grace; stopping the workers"
+            );
+        }
+        let left = grace.saturating_sub(started.elapsed());
+        self.inner.adapter.shutdown(left).await;
     }
 
     fn entry(&self, program_id: &str) -> Result<Arc<ProgramEntry>> {

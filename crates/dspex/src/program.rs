@@ -62,8 +62,8 @@ pub struct ProgramInfo {
 impl ProgramInfo {
     pub(crate) fn of(entry: &ProgramEntry) -> Self {
         Self {
-            program_id: entry.definition.program_id.clone(),
-            module: entry.definition.module.clone(),
+            program_id: entry.version.definition.program_id.clone(),
+            module: entry.version.definition.module.clone(),
             signature: entry.signature.clone(),
         }
     }

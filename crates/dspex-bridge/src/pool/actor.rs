@@ -68,8 +68,9 @@ pub(crate) enum Inner {
     Pause(oneshot::Receiver<()>),
 }
 
-/// Resolves once a worker no longer owes any reply to a lease.
-pub(crate) struct Settled(pub(crate) futures::future::BoxFuture<'static, ()>);
+/// Resolves once a worker no longer owes any reply to a lease: `true` if it
+/// answered them all, `false` if it went away first.
+pub(crate) struct Settled(pub(crate) futures::future::BoxFuture<'static, bool>);
 
 impl std::fmt::Debug for Settled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -354,9 +355,10 @@ impl Actor for PoolActor {
                 state.counters.drained += 1;
                 let me = myself.clone();
                 tokio::spawn(async move {
-                    // Resolves when the worker answered or went away; either
-                    // way nobody waits for that request any more.
-                    settled.0.await;
+                    let mut checkin = checkin;
+                    if !settled.0.await {
+                        checkin.decision = CheckinDecision::Remove("the worker went away".into());
+                    }
                     let _ = me.send_message(PoolMsg(Inner::Checkin(checkin)));
                 });
             }

@@ -250,7 +250,9 @@ impl Drop for Lease {
         let message = if unsettled.is_empty() || panicked {
             Inner::Checkin(report)
         } else {
-            let settled = futures::future::join_all(unsettled).map(|_| ()).boxed();
+            let settled = futures::future::join_all(unsettled)
+                .map(|answers| answers.iter().all(Result::is_ok))
+                .boxed();
             Inner::Drain(report, super::actor::Settled(settled))
         };
         // A pool that is gone has nobody to give the worker back to.

@@ -616,15 +616,18 @@ impl Pool {
         options: RequestOptions,
     ) -> Result<Value, PoolError> {
         let budget = Budget::new(&options, self.inner.request_timeout);
-        redeliver(async || {
+        let mut redelivery = Redelivery::default();
+        loop {
             let mut lease = self
                 .checkout_for(budget.checkout(&options.checkout)?, Wants::default())
                 .await?;
-            Ok(lease
+            let result = lease
                 .call(command.clone(), budget.call_options(&options)?)
-                .await)
-        })
-        .await
+                .await;
+            if let Some(outcome) = redelivery.settle(result) {
+                return outcome;
+            }
+        }
     }
 
     /// Validates a program on a worker (which keeps it loaded) and returns
@@ -672,7 +675,8 @@ impl Pool {
     ) -> Result<Value, PoolError> {
         let budget = Budget::new(&options, self.inner.request_timeout);
         let lm = options.lm.as_ref().map(|config| (config.id(), config));
-        redeliver(async || {
+        let mut redelivery = Redelivery::default();
+        loop {
             let wants = Wants {
                 program: Some(program.hash.clone()),
                 lm: lm.as_ref().map(|(id, _)| id.clone()),
@@ -682,9 +686,11 @@ impl Pool {
                 .await?;
             let call = budget.call_options(&options)?;
             let lm = lm.as_ref().map(|(id, config)| (id.as_str(), *config));
-            Ok(lease.execute(program, inputs.clone(), lm, call).await)
-        })
-        .await
+            let result = lease.execute(program, inputs.clone(), lm, call).await;
+            if let Some(outcome) = redelivery.settle(result) {
+                return outcome;
+            }
+        }
     }
 
     /// Sets the pool's LM. It is validated on one worker first: a bad
@@ -921,17 +927,21 @@ impl Budget {
 /// just died) is offered to a worker.
 const REDELIVERIES: u32 = 3;
 
-/// Runs `attempt` until its request reached a worker: a
-/// [`WorkerError::NotDelivered`] means it did not run, so another worker
-/// (or the replacement) may take it, up to [`REDELIVERIES`] times.
-async fn redeliver(
-    mut attempt: impl AsyncFnMut() -> Result<Result<Value, WorkerError>, PoolError>,
-) -> Result<Value, PoolError> {
-    let mut tries = 1;
-    loop {
-        match attempt().await? {
-            Err(WorkerError::NotDelivered { .. }) if tries < REDELIVERIES => tries += 1,
-            result => return Ok(result?),
+/// The one rule of redelivery: a [`WorkerError::NotDelivered`] means the
+/// request did not run, so another worker (or the replacement) may take
+/// it, up to [`REDELIVERIES`] times in all.
+#[derive(Debug, Default)]
+struct Redelivery {
+    tries: u32,
+}
+
+impl Redelivery {
+    /// The outcome of an attempt, or `None` to offer the request again.
+    fn settle(&mut self, result: Result<Value, WorkerError>) -> Option<Result<Value, PoolError>> {
+        self.tries += 1;
+        match result {
+            Err(WorkerError::NotDelivered { .. }) if self.tries < REDELIVERIES => None,
+            result => Some(result.map_err(PoolError::from)),
         }
     }
 }

@@ -94,8 +94,9 @@ struct Pending {
     unsent: Option<Bytes>,
     /// The `shutdown` command: once answered, the exit that follows is expected.
     shutdown: bool,
-    /// Dropped with the entry: tells whoever tracks it the worker is done.
-    _settled: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Tells whoever tracks the request that the worker is done with it:
+    /// sent when a reply comes (even late), dropped when it never will.
+    settled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The actor's state: the process and everything in flight on it.
@@ -333,7 +334,7 @@ impl WorkerActorState {
                 on_hang: call.on_hang,
                 unsent,
                 shutdown,
-                _settled: call.settled,
+                settled: call.settled,
             },
         );
         if let Some(frame) = to_send {
@@ -368,7 +369,7 @@ impl WorkerActorState {
         if response.id == 0 {
             return self.on_id_zero(response);
         }
-        let Some(pending) = self.pending.remove(&response.id) else {
+        let Some(mut pending) = self.pending.remove(&response.id) else {
             if response.id >= self.next_id {
                 return self.stream_unusable(Arc::new(ProtocolError::Shape(format!(
                     "reply for request id {} which was never sent",
@@ -379,6 +380,9 @@ impl WorkerActorState {
             return;
         };
         self.served += 1;
+        if let Some(settled) = pending.settled.take() {
+            let _ = settled.send(());
+        }
         if pending.shutdown && response.outcome.is_ok() {
             // The worker said it is leaving: its exit is not a crash.
             self.set_state(WorkerState::Stopping);

@@ -160,11 +160,11 @@ impl WorkerHandle {
     }
 
     /// As [`WorkerHandle::send`], and also returns a receiver that resolves
-    /// (with an error: its sender is dropped) once the worker no longer owes
-    /// a reply for this request — it answered, even after the deadline, or
-    /// the request never went out, or the process is gone. The pool uses it
-    /// to keep a worker out of service while it still works for a caller
-    /// that has gone.
+    /// once the worker no longer owes a reply for this request: `Ok` when
+    /// the worker answered (even after the deadline), `Err` when it never
+    /// will (the request never went out, or the process is gone). The pool
+    /// uses it to keep a worker out of service while it still works for a
+    /// caller that has gone.
     ///
     /// # Errors
     /// [`WorkerError::NotDelivered`] if the actor is gone.

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use dspex_bridge::fake::fake_outputs;
-use dspex_protocol::{ProgramDefinition, Value};
+use dspex_bridge::pool::ProgramVersion;
+use dspex_protocol::Value;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::json;
@@ -29,7 +30,7 @@ pub struct MockAdapter {
 #[derive(Default)]
 struct MockState {
     lm: Option<String>,
-    programs: HashMap<String, Arc<ProgramDefinition>>,
+    programs: HashMap<String, ProgramVersion>,
     injector: Option<Injector>,
 }
 
@@ -92,8 +93,8 @@ impl MockAdapter {
                 Ok(json!({"status": "configured", "model": config.model}))
             }
             Operation::CreateProgram(program) => {
-                let reply = json!({"program_id": program.program_id});
-                state.programs.insert(program.program_id.clone(), program);
+                let reply = json!({"program_id": program.id(), "hash": program.hash});
+                state.programs.insert(program.id().to_owned(), program);
                 Ok(reply)
             }
             Operation::DeleteProgram(id) => {
@@ -110,7 +111,7 @@ impl MockAdapter {
                         message: "no LM configured; call configure_lm first".into(),
                         configured: false,
                     })?;
-                let program = &execution.program;
+                let program = &execution.program.definition;
                 let outputs = fake_outputs(program, &execution.inputs);
                 Ok(json!({
                     "program_id": program.program_id,
@@ -135,7 +136,6 @@ impl Adapter for MockAdapter {
             mode: None,
             failed: None,
             pool: None,
-            bridge: None,
             environment: None,
         }
     }
@@ -144,7 +144,7 @@ impl Adapter for MockAdapter {
         self.events.subscribe()
     }
 
-    fn shutdown(&self) -> BoxFuture<'_, ()> {
+    fn shutdown(&self, _grace: std::time::Duration) -> BoxFuture<'_, ()> {
         async {}.boxed()
     }
 }

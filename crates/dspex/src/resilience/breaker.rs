@@ -1,74 +1,26 @@
-//! Resilience on the execute path: retries with backoff and a circuit
-//! breaker.
+//! The circuit breaker: [`CircuitBreaker`] (a handful of atomics) and its
+//! [`BreakerLayer`].
 //!
-//! - [`RetryPolicy`]: exponential backoff with decorrelated jitter
-//!   (`delay = random(base, previous × 3)`, capped), only for retryable
-//!   errors, and for calls that may have run (a crash mid-request) only when
-//!   the call is marked idempotent. Errors that guarantee the request never
-//!   ran (a checkout timeout, a full queue) are always safe to retry.
-//! - [`CircuitBreaker`]: after `failure_threshold` consecutive machinery
-//!   failures (crashes, protocol errors, request timeouts, LM failures) it
-//!   opens and refuses calls at once for `cooldown`, then lets one probe
-//!   through (half-open); the probe's success closes it. It is a handful of
-//!   atomics: calls never queue behind it.
+//! After `failure_threshold` consecutive failures that say the machinery is
+//! broken ([`Error::indicates_broken_worker`]: crashes, protocol
+//! violations — never a structured error reply, a slow LM or a refusal) it
+//! opens and refuses calls at once for `cooldown`, with the time left as the
+//! error's suggested delay; then it lets one probe through (half-open). The
+//! probe's success closes it; its failure opens it again. A probe is a
+//! [`Permit`]: if its future is dropped before it reports (a client gone, a
+//! `tokio::time::timeout` around the call), the permit is released and the
+//! next call probes instead, so the breaker can never wedge open.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rand::RngExt;
+use tower::{Layer, Service};
 
-use crate::error::{Deadline, Error};
-
-/// When and how to retry a failed call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (1: no retry).
-    pub max_attempts: u32,
-    /// The smallest delay.
-    pub base: Duration,
-    /// The largest delay.
-    pub cap: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            base: Duration::from_millis(50),
-            cap: Duration::from_secs(2),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Never retry.
-    pub const NONE: Self = Self {
-        max_attempts: 1,
-        base: Duration::ZERO,
-        cap: Duration::ZERO,
-    };
-
-    /// The delay after one of `previous` (decorrelated jitter), at least
-    /// what the error suggests, at most the cap.
-    pub fn next_delay(&self, previous: Duration, error: &Error) -> Duration {
-        let low = self.base;
-        let high = (previous * 3).max(low);
-        let jittered = if high > low {
-            rand::rng().random_range(low..=high)
-        } else {
-            low
-        };
-        jittered
-            .max(error.suggested_delay().unwrap_or_default().min(self.cap))
-            .min(self.cap)
-    }
-
-    /// Whether attempt `attempt` (1-based) that failed with `error` may be
-    /// tried again.
-    pub fn should_retry(&self, attempt: u32, error: &Error, idempotent: bool) -> bool {
-        attempt < self.max_attempts && error.is_retryable() && (idempotent || error.never_ran())
-    }
-}
+use crate::error::Error;
 
 /// Settings of a [`CircuitBreaker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,14 +95,16 @@ impl CircuitBreaker {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
     }
 
-    /// Lets a call through, or refuses it while open.
+    /// Lets a call through — its [`Permit`] records the outcome — or
+    /// refuses it at once while open.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] (transient) while the circuit is open.
-    pub fn allow(&self) -> Result<(), Error> {
+    /// [`Error::Unavailable`] while the circuit is open, suggesting the time
+    /// left until a probe is let through.
+    pub fn acquire(self: &Arc<Self>) -> Result<Permit, Error> {
         let opened = self.opened_at.load(Ordering::Acquire);
         if opened == 0 {
-            return Ok(());
+            return Ok(Permit::new(self, false));
         }
         let cooldown = u64::try_from(self.config.cooldown.as_millis()).unwrap_or(u64::MAX);
         let elapsed = self.now_ms().saturating_sub(opened);
@@ -160,42 +114,37 @@ impl CircuitBreaker {
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            return Ok(());
+            return Ok(Permit::new(self, true));
         }
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        let left = Duration::from_millis(cooldown.saturating_sub(elapsed));
         Err(Error::Unavailable {
             cause: format!(
-                "circuit open after {} consecutive failures; retry in {:?}",
+                "circuit open after {} consecutive failures; retry in {left:?}",
                 self.config.failure_threshold,
-                Duration::from_millis(cooldown.saturating_sub(elapsed))
             ),
-            transient: true,
+            // A probe may be in flight already: come back after the
+            // cool-down, or a moment later.
+            retry_after: Some(left.max(Duration::from_millis(10))),
         })
     }
 
     /// Records a success: the circuit closes.
-    pub fn on_success(&self) {
+    fn on_success(&self) {
         self.failures.store(0, Ordering::Release);
         self.opened_at.store(0, Ordering::Release);
         self.probing.store(false, Ordering::Release);
     }
 
     /// Records a failure; only failures of the machinery count.
-    pub fn on_failure(&self, error: &Error) {
-        let counts = matches!(
-            error,
-            Error::WorkerCrashed { .. }
-                | Error::Protocol { .. }
-                | Error::Timeout {
-                    deadline: Deadline::Request,
-                    ..
-                }
-                | Error::Lm {
-                    configured: true,
-                    ..
-                }
-        );
-        if !counts {
+    fn on_failure(&self, error: &Error) {
+        if error.is_refusal() {
+            // Nothing ran: no news about the machinery (and a refused probe
+            // leaves the probe to the next call).
+            self.probing.store(false, Ordering::Release);
+            return;
+        }
+        if !error.indicates_broken_worker() {
             if self.probing.swap(false, Ordering::AcqRel) {
                 // The probe reached a worker and failed for its own reasons:
                 // the machinery works.
@@ -212,6 +161,14 @@ impl CircuitBreaker {
                 self.trips.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(failures, "circuit breaker opened");
             }
+        }
+    }
+
+    /// The outcome of a call let through.
+    fn record(&self, outcome: Result<(), &Error>) {
+        match outcome {
+            Ok(()) => self.on_success(),
+            Err(error) => self.on_failure(error),
         }
     }
 
@@ -235,10 +192,111 @@ impl CircuitBreaker {
     }
 }
 
+/// A call the breaker let through. [`Permit::record`] reports its outcome;
+/// dropped unrecorded (its future was dropped), a probe is released so the
+/// next call probes.
+#[derive(Debug)]
+pub struct Permit {
+    breaker: Arc<CircuitBreaker>,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Permit {
+    fn new(breaker: &Arc<CircuitBreaker>, probe: bool) -> Self {
+        Self {
+            breaker: Arc::clone(breaker),
+            probe,
+            recorded: false,
+        }
+    }
+
+    /// Whether this call is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Reports the call's outcome.
+    pub fn record<T>(mut self, result: &Result<T, Error>) {
+        self.recorded = true;
+        self.breaker.record(result.as_ref().map(|_| ()));
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            self.breaker.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The layer of [`Breaker`].
+#[derive(Debug, Clone)]
+pub struct BreakerLayer {
+    breaker: Arc<CircuitBreaker>,
+}
+
+impl BreakerLayer {
+    /// Guards calls with `breaker`.
+    pub fn new(breaker: Arc<CircuitBreaker>) -> Self {
+        Self { breaker }
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Breaker<S> {
+        Breaker {
+            breaker: Arc::clone(&self.breaker),
+            inner,
+        }
+    }
+}
+
+/// Refuses calls at once while its circuit is open; records the outcome of
+/// the others.
+#[derive(Debug, Clone)]
+pub struct Breaker<S> {
+    breaker: Arc<CircuitBreaker>,
+    inner: S,
+}
+
+impl<S, R> Service<R> for Breaker<S>
+where
+    S: Service<R, Error = Error>,
+    S::Response: Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        match self.breaker.acquire() {
+            Ok(permit) => {
+                let future = self.inner.call(request);
+                Box::pin(async move {
+                    let result = future.await;
+                    permit.record(&result);
+                    result
+                })
+            }
+            Err(refused) => Box::pin(std::future::ready(Err(refused))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use dspex_bridge::process::Exit;
+    use tower::ServiceExt;
 
     fn crash() -> Error {
         Error::WorkerCrashed {
@@ -247,84 +305,98 @@ mod tests {
         }
     }
 
-    #[test]
-    fn delays_grow_with_jitter_and_stay_capped() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            base: Duration::from_millis(10),
-            cap: Duration::from_millis(500),
-        };
-        let error = Error::validation("x", None, "y"); // suggests nothing
-        let mut delay = policy.base;
-        for _ in 0..50 {
-            let next = policy.next_delay(delay, &error);
-            assert!(next >= policy.base && next <= policy.cap, "{next:?}");
-            assert!(next <= (delay * 3).max(policy.base));
-            delay = next;
-        }
-    }
-
-    #[test]
-    fn only_safe_or_idempotent_retryable_errors_are_retried() {
-        let policy = RetryPolicy::default();
-        let queued = Error::Timeout {
-            deadline: Deadline::Checkout,
-            after: Duration::from_secs(1),
-        };
-        assert!(policy.should_retry(1, &queued, false));
-        assert!(
-            !policy.should_retry(1, &crash(), false),
-            "a crash may have run it"
-        );
-        assert!(policy.should_retry(1, &crash(), true));
-        assert!(
-            !policy.should_retry(3, &crash(), true),
-            "attempts are bounded"
-        );
-        let invalid = Error::validation("input", Some("q".into()), "missing");
-        assert!(!policy.should_retry(1, &invalid, true));
+    fn breaker(threshold: u32, cooldown: Duration) -> Arc<CircuitBreaker> {
+        Arc::new(CircuitBreaker::new(BreakerConfig {
+            failure_threshold: threshold,
+            cooldown,
+        }))
     }
 
     #[test]
     fn the_breaker_opens_refuses_probes_and_closes() {
-        let breaker = CircuitBreaker::new(BreakerConfig {
-            failure_threshold: 3,
-            cooldown: Duration::ZERO,
-        });
+        let breaker = breaker(3, Duration::ZERO);
         for _ in 0..2 {
-            breaker.on_failure(&crash());
+            breaker.acquire().unwrap().record::<()>(&Err(crash()));
         }
         assert_eq!(breaker.status().state, BreakerState::Closed);
-        breaker.on_failure(&crash());
+        breaker.acquire().unwrap().record::<()>(&Err(crash()));
         assert_eq!(breaker.status().trips, 1);
         // Cooldown zero: one probe is let through, the next is refused.
-        assert!(breaker.allow().is_ok());
-        assert!(breaker.allow().is_err());
+        let probe = breaker.acquire().unwrap();
+        assert!(probe.is_probe());
+        let refused = breaker.acquire().unwrap_err();
+        assert!(refused.is_refusal() && refused.suggested_delay().is_some());
         assert_eq!(breaker.status().rejected, 1);
         // The probe fails: open again; then a probe succeeds: closed.
-        breaker.on_failure(&crash());
-        assert!(breaker.allow().is_ok());
-        breaker.on_success();
+        probe.record::<()>(&Err(crash()));
+        breaker.acquire().unwrap().record(&Ok(()));
         assert_eq!(breaker.status().state, BreakerState::Closed);
-        assert!(breaker.allow().is_ok() && breaker.allow().is_ok());
+        assert!(breaker.acquire().is_ok() && breaker.acquire().is_ok());
     }
 
     #[test]
-    fn caller_errors_do_not_count() {
-        let breaker = CircuitBreaker::new(BreakerConfig {
-            failure_threshold: 1,
-            cooldown: Duration::from_secs(60),
-        });
-        breaker.on_failure(&Error::validation("input", None, "bad"));
+    fn a_dropped_probe_does_not_wedge_the_breaker() {
+        let breaker = breaker(1, Duration::ZERO);
+        breaker.acquire().unwrap().record::<()>(&Err(crash()));
+        let probe = breaker.acquire().unwrap();
+        assert!(breaker.acquire().is_err(), "one probe at a time");
+        drop(probe); // its future was dropped: no outcome
+        let next = breaker.acquire().expect("the next call probes again");
+        assert!(next.is_probe());
+        next.record(&Ok(()));
         assert_eq!(breaker.status().state, BreakerState::Closed);
-        breaker.on_failure(&crash());
+    }
+
+    #[test]
+    fn only_a_broken_worker_counts() {
+        let breaker = breaker(1, Duration::from_secs(60));
+        for error in [
+            Error::validation("input", None, "bad"),
+            Error::Timeout {
+                deadline: crate::Deadline::Request,
+                after: Duration::from_millis(150),
+            },
+            Error::Lm {
+                message: "rate limited".into(),
+                configured: true,
+            },
+            Error::Python {
+                kind: dspex_protocol::ErrorKind::ProtocolError,
+                message: "reply too large".into(),
+                traceback: None,
+            },
+        ] {
+            breaker.acquire().unwrap().record::<()>(&Err(error));
+            assert_eq!(breaker.status().state, BreakerState::Closed);
+        }
+        breaker.acquire().unwrap().record::<()>(&Err(crash()));
         assert_eq!(breaker.status().state, BreakerState::Open);
         assert!(matches!(
-            breaker.allow(),
+            breaker.acquire(),
             Err(Error::Unavailable {
-                transient: true,
+                retry_after: Some(_),
                 ..
             })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_layer_refuses_at_once_while_open_and_releases_dropped_probes() {
+        let breaker = breaker(1, Duration::ZERO);
+        let fail = BreakerLayer::new(Arc::clone(&breaker)).layer(tower::service_fn(
+            |(): ()| async { Err::<(), _>(crash()) },
+        ));
+        assert!(fail.clone().oneshot(()).await.is_err());
+        assert_eq!(breaker.status().trips, 1);
+        let hang = BreakerLayer::new(Arc::clone(&breaker)).layer(tower::service_fn(
+            |(): ()| std::future::pending::<Result<(), Error>>(),
+        ));
+        // The probe's future is dropped by a timeout around it.
+        let dropped = tokio::time::timeout(Duration::from_millis(5), hang.oneshot(())).await;
+        assert!(dropped.is_err());
+        let ok = BreakerLayer::new(Arc::clone(&breaker))
+            .layer(tower::service_fn(|(): ()| async { Ok::<_, Error>(()) }));
+        ok.oneshot(()).await.expect("the next call probes and closes it");
+        assert_eq!(breaker.status().state, BreakerState::Closed);
     }
 }
