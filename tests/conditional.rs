@@ -4,23 +4,21 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use dspex_bridge::pool::{PoolConfig, RequestOptions};
-use dspex_bridge::{
-    BridgeConfig, BridgeError, CallOptions, ConditionalError, ConditionalSupervisor, Mode,
-    PythonConfig, TreeConfig,
-};
+use dspex_bridge::pool::{PoolConfig, PoolError, PoolState, RequestOptions};
+use dspex_bridge::{ConditionalError, ConditionalSupervisor, Mode, PythonConfig, TreeConfig};
 use dspex_protocol::Command;
 use dspex_testkit::managed_python;
 use serde_json::json;
 
-fn test_config(extra_env: &[(&str, &str)]) -> BridgeConfig {
+/// A single-mode configuration on the managed Python, fault commands on.
+fn test_config(extra_env: &[(&str, &str)]) -> PoolConfig {
     let python = managed_python().expect("managed python");
     let mut env: Vec<(OsString, OsString)> = vec![
         ("DSPEX_TEST_FAULTS".into(), "1".into()),
         ("DSPEX_LAZY_DSPY".into(), "1".into()),
     ];
     env.extend(extra_env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
-    BridgeConfig {
+    PoolConfig {
         name: format!("cond{}", std::process::id()),
         python: PythonConfig {
             interpreter: Some(python.interpreter),
@@ -28,9 +26,12 @@ fn test_config(extra_env: &[(&str, &str)]) -> BridgeConfig {
         },
         env,
         sweep_orphans: false,
-        ..BridgeConfig::default()
+        ..PoolConfig::default()
     }
+    .single()
 }
+
+const GRACE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn single_mode_serves_and_reports_its_mode_and_environment() {
@@ -38,11 +39,11 @@ async fn single_mode_serves_and_reports_its_mode_and_environment() {
         .await
         .unwrap();
     assert_eq!(tree.mode(), Mode::Single);
-    let bridge = tree.serving_bridge().unwrap();
-    let reply = bridge
+    let pool = tree.serving_pool().unwrap();
+    let reply = pool
         .call(
             Command::custom("echo", json!({"a": 1})),
-            CallOptions::default(),
+            RequestOptions::default(),
         )
         .await
         .unwrap();
@@ -50,10 +51,23 @@ async fn single_mode_serves_and_reports_its_mode_and_environment() {
     let status = tree.status();
     assert_eq!(status.mode, Mode::Single);
     assert_eq!(status.failed, None);
+    assert_eq!(status.pool.unwrap().workers.len(), 1, "single mode: one worker");
     let env = status.environment.unwrap();
     assert!(env.is_ok(), "{env}");
     assert!(env.dspy.is_some() && env.msgpack.is_some());
-    assert_eq!(tree.shutdown(Duration::from_secs(10)).await, 0);
+    assert_eq!(tree.shutdown(GRACE, GRACE).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_mode_has_exactly_one_worker() {
+    let mut config = test_config(&[]);
+    config.size = 2;
+    match ConditionalSupervisor::start(TreeConfig::Single(config)).await {
+        Err(ConditionalError::InvalidConfig(Mode::Single, why)) => {
+            assert!(why.contains("exactly one worker"), "{why}");
+        }
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -62,30 +76,24 @@ async fn disabled_mode_starts_nothing_and_says_why_calls_fail() {
         .await
         .unwrap();
     assert_eq!(tree.status().mode, Mode::Disabled);
-    assert!(tree.bridge().is_none());
-    match tree.serving_bridge() {
-        Err(BridgeError::Unavailable { cause }) => assert!(cause.contains("Disabled"), "{cause}"),
+    assert!(tree.pool().is_none());
+    match tree.serving_pool() {
+        Err(PoolError::Unavailable { cause, .. }) => assert!(cause.contains("Disabled"), "{cause}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    tree.shutdown(Duration::from_secs(5)).await;
+    tree.shutdown(GRACE, GRACE).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pool_mode_serves_through_a_pool_and_says_so() {
-    let bridge = test_config(&[]);
     let config = PoolConfig {
-        name: bridge.name.clone(),
-        python: bridge.python.clone(),
-        env: bridge.env.clone(),
         size: 2,
-        sweep_orphans: false,
-        ..PoolConfig::default()
+        ..test_config(&[])
     };
     let tree = ConditionalSupervisor::start(TreeConfig::Pool(config))
         .await
         .unwrap();
     assert_eq!(tree.mode(), Mode::Pool);
-    assert!(tree.bridge().is_none());
     let pool = tree.pool().unwrap();
     let reply = pool
         .call(
@@ -98,11 +106,7 @@ async fn pool_mode_serves_through_a_pool_and_says_so() {
     let status = tree.status();
     assert_eq!(status.mode, Mode::Pool);
     assert_eq!(status.pool.unwrap().workers.len(), 2);
-    match tree.serving_bridge() {
-        Err(BridgeError::Unavailable { cause }) => assert!(cause.contains("Pool"), "{cause}"),
-        other => panic!("expected Unavailable, got {other:?}"),
-    }
-    assert_eq!(tree.shutdown(Duration::from_secs(10)).await, 0);
+    assert_eq!(tree.shutdown(GRACE, GRACE).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,25 +153,30 @@ async fn a_missing_interpreter_is_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_subtree_that_gives_up_leaves_the_root_failed_with_the_cause() {
+async fn a_pool_that_gives_up_is_reported_failed_with_the_cause() {
     let tree = ConditionalSupervisor::start(TreeConfig::Single(test_config(&[(
         "DSPEX_TEST_FAIL_IMPORT",
         "1",
     )])))
     .await
     .unwrap();
-    let failed = tree.supervisor().wait_for(|s| s.state.is_failed());
+    let pool = tree.serving_pool().unwrap().clone();
+    let mut status = pool.status_watch();
+    let failed = status.wait_for(|s| matches!(s.state, PoolState::Failed(_)));
     tokio::time::timeout(Duration::from_secs(20), failed)
         .await
-        .expect("the root fails within the budget")
+        .expect("the pool fails within the budget")
         .unwrap();
     let cause = tree.status().failed.unwrap();
     assert!(cause.contains("ModuleNotFoundError"), "{cause}");
     assert!(cause.contains("exit code 1"), "{cause}");
-    match tree.serving_bridge() {
-        Err(BridgeError::Unavailable { cause }) => assert!(cause.contains("ModuleNotFoundError")),
+    match pool.admission() {
+        Err(PoolError::Unavailable { cause, retry_in }) => {
+            assert!(cause.contains("ModuleNotFoundError"));
+            assert_eq!(retry_in, None, "no revive policy: Failed is final");
+        }
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert_eq!(tree.mode(), Mode::Single, "no fallback to another mode");
-    assert_eq!(tree.shutdown(Duration::from_secs(10)).await, 0);
+    assert_eq!(tree.shutdown(GRACE, GRACE).await, 0);
 }

@@ -299,12 +299,14 @@ async fn s09_panic_inside_a_checkout_removes_the_worker() {
         "scenario 9: worker {victim} removed ({reason}); pool full again {:?} after the panic",
         panicked.elapsed()
     );
-    assert_eq!(status.counters.removed, 1);
-    assert_eq!(status.restarts, 1);
+    // Replaced on the pool's decision: its state is not trusted, but the
+    // worker did not crash, so the restart budget is untouched.
+    assert_eq!(status.counters.replaced, 1);
+    assert_eq!(status.restarts, 0);
     assert!(!status.pids().contains(&victim));
-    // The store's locks are not poisoned: sessions and programs still work.
+    // The store's locks are not poisoned: sessions still work.
     assert!(ping_pid(&pool, &Session::new("s09")).await.is_ok());
-    assert!(pool.pool().programs().program_ids().is_empty());
+    assert!(pool.pool().sessions().session_count() >= 1);
     // The pool keeps serving, on every worker (four held at once).
     let mut leases = hold_all(&pool, 4).await;
     for lease in &mut leases {
@@ -563,7 +565,7 @@ async fn s27_shutdown_lets_in_flight_requests_finish() {
     let stopping = Instant::now();
     let shutdown = {
         let p = pool.pool().clone();
-        tokio::spawn(async move { p.shutdown(Duration::from_secs(30)).await })
+        tokio::spawn(async move { p.shutdown(Duration::from_secs(2), Duration::from_secs(30)).await })
     };
     let mut outcomes = Vec::new();
     for call in in_flight {

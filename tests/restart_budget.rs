@@ -1,9 +1,10 @@
-//! The restart budget of a single bridge against workers that cannot start
-//! or keep dying (scenarios 16, 17, 19 and 31 of the reliability contract).
+//! The restart budget in single mode against workers that cannot start or
+//! keep dying (scenarios 16, 17, 19 and 31 of the reliability contract), and
+//! the revive policy that can bring a failed pool back (scenario 40).
 //!
-//! The bridge's supervisor counts restarts the OTP way (default 3 in 5 s,
+//! The workers' supervisor counts restarts the OTP way (default 3 in 5 s,
 //! backoff 100 ms ×2): a worker that never starts is started `1 + 3 = 4`
-//! times, then the bridge is `Failed`, and every later call fails at once with
+//! times, then the pool is `Failed`, and every later call fails at once with
 //! the last failure (exit status and stderr tail). Budgets are relative to
 //! T_boot, measured in the same test on a healthy tree before any fault, and
 //! generous: these tests prove behaviour, not speed. Each prints its measured
@@ -14,10 +15,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use dspex_bridge::WorkerError;
+use dspex_bridge::pool::{PoolError, PoolEvent, PoolState, RevivePolicy};
 use dspex_bridge::worker::WorkerEvent;
-use dspex_bridge::{BridgeError, BridgeState, WorkerError};
-use dspex_supervision::{ExitCause, SupervisorEvent};
-use dspex_testkit::{TestTree, TestTreeBuilder, managed_python, poll_until, wait_event};
+use dspex_supervision::{Backoff, ExitCause, SupervisorEvent, SupervisorHandle};
+use dspex_testkit::{TestPool, TestPoolBuilder, TestTree, managed_python, poll_until, wait_event};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -47,8 +49,12 @@ async fn t_boot() -> Duration {
     t_boot
 }
 
-fn is_failed(state: &BridgeState) -> bool {
-    matches!(state, BridgeState::Failed(_))
+fn is_failed(state: &PoolState) -> bool {
+    matches!(state, PoolState::Failed(_))
+}
+
+fn workers(tree: &TestPool) -> SupervisorHandle {
+    tree.pool().workers_supervisor().expect("a workers' supervisor")
 }
 
 /// Asserts that no worker is spawned for [`QUIET`]: the `Spawned` wait must
@@ -64,16 +70,16 @@ async fn assert_no_spawn(events: &mut broadcast::Receiver<WorkerEvent>) {
     }
 }
 
-/// Calls a `Failed` bridge `n` times; each call must fail with `Unavailable`
+/// Calls a `Failed` pool `n` times; each call must fail with `Unavailable`
 /// carrying every one of `needles`. Returns the slowest call.
-async fn later_calls_fail_fast(tree: &TestTree, n: usize, needles: &[&str]) -> Duration {
+async fn later_calls_fail_fast(tree: &TestPool, n: usize, needles: &[&str]) -> Duration {
     let mut slowest = Duration::ZERO;
     for _ in 0..n {
         let called = Instant::now();
         let error = tree.command("echo", json!({})).await.unwrap_err();
         slowest = slowest.max(called.elapsed());
-        let BridgeError::Unavailable { cause } = &error else {
-            panic!("expected Unavailable from a Failed bridge, got {error:?}");
+        let PoolError::Unavailable { cause, .. } = &error else {
+            panic!("expected Unavailable from a Failed pool, got {error:?}");
         };
         for needle in needles {
             assert!(cause.contains(needle), "{needle:?} missing from {cause}");
@@ -87,7 +93,7 @@ async fn later_calls_fail_fast(tree: &TestTree, n: usize, needles: &[&str]) -> D
 ///
 /// Pass figure: `Failed` ≤ 2 s after start (here: ≤ max(2 s, 4 × T_boot +
 /// 700 ms backoff + 1 s)); total spawns ≤ 1 + max_restarts = 4 for a single
-/// bridge; the failure and every later call carry "exit code 1" and
+/// pool; the failure and every later call carry "exit code 1" and
 /// "ModuleNotFoundError"; later calls fail < 1 ms (asserted < 50 ms); 0 spawns
 /// after `Failed`; leak check clean.
 #[tokio::test(flavor = "multi_thread")]
@@ -99,7 +105,7 @@ async fn s16_import_failure_ends_in_failed_with_exit_status_and_stderr_tail() {
         .await
         .expect("the tree starts; its worker dies later, at import");
 
-    // The budget runs out: the bridge gives up instead of crash-looping.
+    // The budget runs out: the pool gives up instead of crash-looping.
     let state = tree.wait_state(BOOT, is_failed).await.unwrap();
     let failed_after = tree.started().elapsed();
     let budget = Duration::from_secs(2).max(t_boot * 4 + BACKOFF_TOTAL + Duration::from_secs(1));
@@ -107,7 +113,7 @@ async fn s16_import_failure_ends_in_failed_with_exit_status_and_stderr_tail() {
         failed_after <= budget,
         "Failed after {failed_after:?}, budget {budget:?} (T_boot {t_boot:?})"
     );
-    let BridgeState::Failed(cause) = state else {
+    let PoolState::Failed(cause) = state else {
         unreachable!()
     };
     assert!(cause.contains("exit code 1"), "no exit status in: {cause}");
@@ -123,17 +129,17 @@ async fn s16_import_failure_ends_in_failed_with_exit_status_and_stderr_tail() {
         1 + MAX_RESTARTS as usize,
         "spawns: {spawned:?}"
     );
-    assert_eq!(tree.bridge().status().restarts, MAX_RESTARTS);
+    assert_eq!(tree.restarts(), MAX_RESTARTS);
 
     // Callers learn it at once, with the cause.
     let slowest = later_calls_fail_fast(&tree, 100, &["exit code 1", "ModuleNotFoundError"]).await;
     assert!(
         slowest < Duration::from_millis(50),
-        "a call on a Failed bridge took {slowest:?}"
+        "a call on a Failed pool took {slowest:?}"
     );
 
     // And nothing is ever started again.
-    let mut events = tree.events();
+    let mut events = tree.worker_events();
     assert_no_spawn(&mut events).await;
     assert_eq!(tree.spawned_pids(), spawned);
     println!(
@@ -209,15 +215,15 @@ async fn s17_flaky_start_recovers_within_the_budget() {
         "ready after {ready_after:?}, budget {budget:?} (T_boot {t_boot:?})"
     );
 
-    // `Failed` is final, so a Running bridge now was never Failed.
-    let status = tree.bridge().status();
-    assert_eq!(status.state, BridgeState::Running);
+    // `Failed` is final here (no revive), so a Running pool was never Failed.
+    let status = tree.pool().status();
+    assert_eq!(status.state, PoolState::Running);
     assert_eq!(status.restarts, 2);
     assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3");
     assert_eq!(tree.spawned_pids().len(), 3);
     assert_eq!(tree.spawned_pids().last(), Some(&worker.pid()));
     // The last failure is remembered with its stderr tail.
-    let last_cause = tree.bridge().supervisor().status().children[0]
+    let last_cause = workers(&tree).status().children[0]
         .last_cause
         .clone();
     match last_cause {
@@ -248,7 +254,7 @@ async fn s19_over_budget_storm_fails_once_and_stops_respawning() {
     // so slow that four boots and the backoff would not.
     let within = Duration::from_secs(5).max(t_boot * 8 + BACKOFF_TOTAL);
     let (tree, _) = ready_tree(TestTree::builder().intensity(MAX_RESTARTS, within)).await;
-    let mut supervisor_events = tree.bridge().supervisor_events();
+    let mut supervisor_events = workers(&tree).subscribe();
     let collector = tokio::spawn(async move {
         let mut seen = Vec::new();
         loop {
@@ -265,7 +271,7 @@ async fn s19_over_budget_storm_fails_once_and_stops_respawning() {
             }
         }
     });
-    let mut events = tree.events();
+    let mut events = tree.worker_events();
 
     let storm = Instant::now();
     let mut pid = tree.worker_pid().unwrap();
@@ -297,7 +303,7 @@ async fn s19_over_budget_storm_fails_once_and_stops_respawning() {
         failed_after < within,
         "Failed {failed_after:?} after the first kill (window {within:?})"
     );
-    assert_eq!(tree.bridge().status().restarts, MAX_RESTARTS);
+    assert_eq!(tree.restarts(), MAX_RESTARTS);
     let spawned = tree.spawned_pids();
     assert_eq!(spawned.len(), 1 + MAX_RESTARTS as usize, "{spawned:?}");
 
@@ -334,7 +340,7 @@ async fn s19_over_budget_storm_fails_once_and_stops_respawning() {
 }
 
 /// Starts a tree and waits for its worker; returns it with the boot time.
-async fn ready_tree(builder: TestTreeBuilder) -> (TestTree, Duration) {
+async fn ready_tree(builder: TestPoolBuilder) -> (TestPool, Duration) {
     let tree = builder.start().await.expect("tree starts");
     tree.ready(BOOT).await.expect("worker ready");
     let t_boot = tree.started().elapsed();
@@ -345,7 +351,7 @@ async fn ready_tree(builder: TestTreeBuilder) -> (TestTree, Duration) {
 ///
 /// Pass figure: the first error is immediate (< 50 ms; asserted < 500 ms)
 /// and typed (`WorkerError::Spawn` → `SpawnError` with the path and errno);
-/// it counts as a restart; the bridge ends `Failed` like scenario 16.
+/// it counts as a restart; the pool ends `Failed` like scenario 16.
 #[tokio::test(flavor = "multi_thread")]
 async fn s31_missing_interpreter_is_a_typed_spawn_error_and_ends_in_failed() {
     let path = PathBuf::from("/nonexistent/python3");
@@ -376,7 +382,7 @@ async fn s31_non_executable_interpreter_is_a_typed_spawn_error_and_ends_in_faile
 
 /// The spawn-failure narrative shared by both errnos.
 ///
-/// `TestTreeBuilder::start` (`Bridge::start_on`) still succeeds: the
+/// `TestPoolBuilder::start` (`Pool::start_on`) still succeeds: the
 /// supervisor treats the failed first start like a crash (`OnGiveUp::Remain`)
 /// and schedules a restart, so the caller gets a tree whose status already
 /// names the failure. No process is ever created.
@@ -390,7 +396,7 @@ async fn spawn_failure(label: &str, path: &Path, errno: i32, os_text: &str) {
     let path_text = path.display().to_string();
 
     // The first attempt has already failed when `start` returns.
-    let status = tree.bridge().supervisor().status();
+    let status = workers(&tree).status();
     let child = &status.children[0];
     let Some(ExitCause::StartFailed(first)) = &child.last_cause else {
         panic!("first start did not fail: {:?}", child.last_cause);
@@ -403,7 +409,7 @@ async fn spawn_failure(label: &str, path: &Path, errno: i32, os_text: &str) {
     );
 
     // Each retry is a typed spawn error with the path and errno.
-    let mut supervisor_events = tree.bridge().supervisor_events();
+    let mut supervisor_events = workers(&tree).subscribe();
     let event = wait_event(&mut supervisor_events, BOOT, |e| {
         matches!(e, SupervisorEvent::StartFailed { .. })
     })
@@ -428,18 +434,18 @@ async fn spawn_failure(label: &str, path: &Path, errno: i32, os_text: &str) {
         failed_after < BACKOFF_TOTAL + Duration::from_secs(2),
         "Failed after {failed_after:?}"
     );
-    let BridgeState::Failed(cause) = state else {
+    let PoolState::Failed(cause) = state else {
         unreachable!()
     };
     assert!(cause.contains(&path_text), "{cause}");
     assert!(cause.contains(&format!("os error {errno}")), "{cause}");
 
     // Every attempt counted as a restart; none created a process.
-    assert_eq!(tree.bridge().status().restarts, MAX_RESTARTS);
+    assert_eq!(tree.restarts(), MAX_RESTARTS);
     assert!(tree.spawned_pids().is_empty(), "{:?}", tree.spawned_pids());
     let slowest = later_calls_fail_fast(&tree, 100, &[&path_text, os_text]).await;
     assert!(slowest < Duration::from_millis(50), "{slowest:?}");
-    let mut events = tree.events();
+    let mut events = tree.worker_events();
     assert_no_spawn(&mut events).await;
     println!(
         "{label}: first error {first_error_after:?} after start; Failed {failed_after:?}; \
@@ -448,10 +454,8 @@ async fn spawn_failure(label: &str, path: &Path, errno: i32, os_text: &str) {
     tree.finish().await;
 }
 
-/// A caller that is already waiting for a worker when the bridge gives up
-/// gets what every later caller gets: `Unavailable` with the cause. (Giving
-/// up, the supervisor is `Stopping` while it stops its children before it is
-/// `Failed`; a stop nobody asked for is not a shutdown.)
+/// A caller that is already waiting for a worker when the pool gives up
+/// gets what every later caller gets: `Unavailable` with the cause.
 #[tokio::test(flavor = "multi_thread")]
 async fn caller_waiting_through_the_give_up_gets_unavailable() {
     let tree = TestTree::builder()
@@ -464,12 +468,90 @@ async fn caller_waiting_through_the_give_up_gets_unavailable() {
     let called = Instant::now();
     let result = tree.command("echo", json!({})).await;
     let waited = called.elapsed();
-    assert!(tree.bridge().status().state != BridgeState::Running);
+    assert!(tree.pool().status().state != PoolState::Running);
     match result {
-        Err(BridgeError::Unavailable { cause }) => {
+        Err(PoolError::Unavailable { cause, .. }) => {
             assert!(cause.contains("ModuleNotFoundError"), "{cause}");
         }
         other => panic!("expected Unavailable after {waited:?}, got {other:?}"),
     }
+    tree.finish().await;
+}
+
+/// Scenario 40: a pool `Failed` as in scenario 16, with the revive policy
+/// on; the environment is then fixed (the file that makes every worker die
+/// at import is removed).
+///
+/// Pass figure: serving ≤ cool-down + T_boot + 250 ms after the fix (the
+/// cool-down here is the attempt due after the fix; asserted with T_boot of
+/// slack for a loaded machine); exactly one `Revived` event; calls meanwhile
+/// are refused at once with the time to the next attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn s40_a_failed_pool_revives_once_the_environment_is_fixed() {
+    let t_boot = t_boot().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, "").unwrap();
+    let cooldown = Backoff {
+        initial: Duration::from_millis(300),
+        factor: 2,
+        max: Duration::from_millis(600),
+    };
+    let tree = TestTree::builder()
+        .worker_env("DSPEX_TEST_FAIL_IMPORT_IF_EXISTS", broken.to_str().unwrap())
+        .revive(RevivePolicy { cooldown })
+        .start()
+        .await
+        .unwrap();
+    let mut events = tree.events();
+    tree.wait_state(BOOT, is_failed).await.unwrap();
+    let status = tree.pool().status();
+    assert!(status.revive_at.is_some(), "the next attempt is due: {status:?}");
+    // Meanwhile callers are refused at once, told when to come back.
+    let called = Instant::now();
+    let error = tree.command("echo", json!({})).await.unwrap_err();
+    assert!(called.elapsed() < Duration::from_millis(50));
+    let PoolError::Unavailable { cause, retry_in } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(cause.contains("ModuleNotFoundError"), "{cause}");
+    assert!(retry_in.is_some_and(|d| d <= cooldown.max), "{retry_in:?}");
+
+    // At least one revive attempt fails again while the environment is broken.
+    wait_event(&mut events, BOOT, |e| matches!(e, PoolEvent::Reviving { .. }))
+        .await
+        .unwrap();
+    wait_event(&mut events, BOOT, |e| matches!(e, PoolEvent::PoolFailed { .. }))
+        .await
+        .unwrap();
+
+    std::fs::remove_file(&broken).unwrap();
+    let fixed = Instant::now();
+    wait_event(&mut events, BOOT, |e| matches!(e, PoolEvent::Revived))
+        .await
+        .expect("the pool serves again");
+    let serving_after = fixed.elapsed();
+    assert_eq!(
+        tree.command("echo", json!({"back": true})).await.unwrap(),
+        json!({"back": true})
+    );
+    let budget = cooldown.max + t_boot * 2 + Duration::from_millis(250);
+    assert!(
+        serving_after <= budget,
+        "serving {serving_after:?} after the fix, budget {budget:?} (T_boot {t_boot:?})"
+    );
+    let status = tree.pool().status();
+    assert_eq!(status.state, PoolState::Running);
+    assert_eq!(status.revive_at, None);
+    assert_eq!(status.counters.revived, 1);
+    // Exactly one Revived: nothing more arrives while it keeps serving.
+    let more = wait_event(&mut events, Duration::from_millis(500), |e| {
+        matches!(e, PoolEvent::Revived)
+    })
+    .await;
+    assert!(more.is_err(), "a second Revived: {more:?}");
+    println!(
+        "s40: serving {serving_after:?} after the fix (budget {budget:?}, T_boot {t_boot:?})"
+    );
     tree.finish().await;
 }

@@ -15,20 +15,23 @@ use std::time::{Duration, Instant};
 
 use dspex_bridge::process::{Exit, StopGrace, proc_stat, tagged_processes};
 use dspex_bridge::worker::WorkerEvent;
-use dspex_bridge::{BridgeError, CallOptions};
+use dspex_bridge::pool::{PoolError, RequestOptions};
 use dspex_protocol::{Command, Value};
-use dspex_testkit::{TestTree, TestTreeBuilder, poll_until, wait_event};
+use dspex_testkit::{TestPool, TestPoolBuilder, TestTree, poll_until, wait_event};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(30);
 
-/// How long a bridge shutdown may take before the supervisor is killed; far
-/// above every stop tested here.
+/// How long a shutdown may take before the supervisor is killed; far above
+/// every stop tested here.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a shutdown lets requests in flight finish.
+const DRAIN: Duration = Duration::from_secs(5);
+
 /// Starts a tree and waits for its worker; returns it with T_boot.
-async fn ready_tree(builder: TestTreeBuilder) -> (TestTree, Duration) {
+async fn ready_tree(builder: TestPoolBuilder) -> (TestPool, Duration) {
     let tree = builder.start().await.expect("tree starts");
     tree.ready(BOOT).await.expect("worker ready");
     let t_boot = tree.started().elapsed();
@@ -79,9 +82,9 @@ async fn s28_worker_ignoring_eof_and_sigterm_is_killed_after_the_grace() {
     let reply = tree.command("ignore_shutdown", json!({})).await.unwrap();
     assert_eq!(reply["ignoring"], json!(["SIGTERM", "EOF"]));
 
-    let mut events = tree.events();
+    let mut events = tree.worker_events();
     let stopping = Instant::now();
-    let stragglers = tree.bridge().shutdown(SHUTDOWN_TIMEOUT).await;
+    let stragglers = tree.pool().shutdown(DRAIN, SHUTDOWN_TIMEOUT).await;
     let took = stopping.elapsed();
     assert_eq!(stragglers, 0);
     let (exit, requested) = exited(&mut events, pid, Duration::from_secs(5)).await;
@@ -113,9 +116,9 @@ async fn graceful_stop_exits_0_on_eof() {
     let pid = tree.worker_pid().unwrap();
     assert_eq!(tree.command("echo", json!({})).await.unwrap(), json!({}));
 
-    let mut events = tree.events();
+    let mut events = tree.worker_events();
     let stopping = Instant::now();
-    let stragglers = tree.bridge().shutdown(SHUTDOWN_TIMEOUT).await;
+    let stragglers = tree.pool().shutdown(DRAIN, SHUTDOWN_TIMEOUT).await;
     let took = stopping.elapsed();
     assert_eq!(stragglers, 0);
     let (exit, requested) = exited(&mut events, pid, Duration::from_secs(5)).await;
@@ -125,9 +128,9 @@ async fn graceful_stop_exits_0_on_eof() {
         took < grace.after_eof,
         "stop took {took:?}: the worker did not leave on EOF"
     );
-    // After the shutdown the bridge refuses calls instead of hanging.
+    // After the shutdown the pool refuses calls instead of hanging.
     let error = tree.command("echo", json!({})).await.unwrap_err();
-    assert!(matches!(error, BridgeError::ShuttingDown), "{error:?}");
+    assert!(matches!(error, PoolError::ShuttingDown), "{error:?}");
     println!("graceful stop: exit 0 on EOF in {took:?} (T_boot {t_boot:?})");
     tree.finish().await;
 }
@@ -151,20 +154,19 @@ async fn s24_eof_reaches_a_worker_while_its_siblings_run() {
     let c_pid = c.worker_pid().unwrap();
 
     // The siblings are busy while A's stdin closes.
-    let busy = |tree: &TestTree| {
-        let bridge = tree.bridge().clone();
+    let busy = |tree: &TestPool| {
+        let pool = tree.pool().clone();
         tokio::spawn(async move {
-            bridge
-                .call(
-                    Command::custom("sleep", json!({"ms": 500})),
-                    CallOptions::default(),
-                )
-                .await
+            pool.call(
+                Command::custom("sleep", json!({"ms": 500})),
+                RequestOptions::default(),
+            )
+            .await
         })
     };
     let (b_busy, c_busy) = (busy(&b), busy(&c));
 
-    let mut events = a.events();
+    let mut events = a.worker_events();
     let closed_at = Instant::now();
     a_worker.close_stdin();
     let (exit, requested) = exited(&mut events, a_pid, Duration::from_secs(5)).await;
@@ -183,7 +185,7 @@ async fn s24_eof_reaches_a_worker_while_its_siblings_run() {
             json!({"sibling": name})
         );
         assert_eq!(tree.worker_pid(), Some(pid), "{name} kept its worker");
-        assert_eq!(tree.bridge().status().restarts, 0, "{name}");
+        assert_eq!(tree.restarts(), 0, "{name}");
     }
     // An exit nobody asked for is a failure: A's supervisor replaces it.
     let replaced = poll_until(BOOT, "A replaced", || {
@@ -191,7 +193,7 @@ async fn s24_eof_reaches_a_worker_while_its_siblings_run() {
     })
     .await;
     assert!(replaced.is_ok());
-    assert_eq!(a.bridge().status().restarts, 1);
+    assert_eq!(a.restarts(), 1);
     println!("s24: A exited {took:?} after its stdin closed; B and C unaffected");
     // Last started, first finished: each tree's fd baseline (checked under
     // nextest) includes the trees started before it.
@@ -215,9 +217,9 @@ async fn s29_grandchild_dies_with_its_worker() {
         .unwrap();
     let grandchild = u32::try_from(reply["pid"].as_u64().unwrap()).unwrap();
     assert!(alive(grandchild));
-    assert!(tagged_processes(tree.bridge().run_tag()).contains(&grandchild));
+    assert!(tagged_processes(tree.pool().run_tag()).contains(&grandchild));
 
-    let mut events = tree.events();
+    let mut events = tree.worker_events();
     let killed_at = Instant::now();
     let pid = tree.signal_worker(Signal::SIGKILL).unwrap();
     let (exit, requested) = exited(&mut events, pid, Duration::from_secs(5)).await;
@@ -236,7 +238,7 @@ async fn s29_grandchild_dies_with_its_worker() {
     // Workers are this process's children (the replacement may be booting);
     // anything else with the tag is a descendant.
     let me = std::process::id();
-    let descendants: Vec<u32> = tagged_processes(tree.bridge().run_tag())
+    let descendants: Vec<u32> = tagged_processes(tree.pool().run_tag())
         .into_iter()
         .filter(|&p| proc_stat(p).is_some_and(|s| s.ppid != me))
         .collect();

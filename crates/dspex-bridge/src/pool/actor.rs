@@ -188,6 +188,7 @@ pub(crate) struct PoolArgs {
     pub(crate) status: watch::Sender<PoolStatus>,
     pub(crate) events: broadcast::Sender<PoolEvent>,
     pub(crate) ready_workers: watch::Sender<Vec<WorkerHandle>>,
+    pub(crate) workers: watch::Sender<Option<SupervisorHandle>>,
 }
 
 /// Revive bookkeeping.
@@ -228,6 +229,8 @@ pub(crate) struct PoolActorState {
     pub(super) status: watch::Sender<PoolStatus>,
     pub(super) events: broadcast::Sender<PoolEvent>,
     pub(super) ready_workers: watch::Sender<Vec<WorkerHandle>>,
+    /// Publishes the current workers' supervisor (a revive replaces it).
+    pub(super) workers_watch: watch::Sender<Option<SupervisorHandle>>,
     pub(super) tasks: Vec<JoinHandle<()>>,
 }
 
@@ -277,6 +280,7 @@ impl Actor for PoolActor {
             &eager,
         )
         .await?;
+        args.workers.send_replace(Some(workers.clone()));
         let me = myself.clone();
         let mut tasks = vec![tokio::spawn(async move {
             loop {
@@ -328,6 +332,7 @@ impl Actor for PoolActor {
             status: args.status,
             events: args.events,
             ready_workers: args.ready_workers,
+            workers_watch: args.workers,
             tasks,
         })
     }

@@ -336,6 +336,7 @@ struct PoolInner {
     status: watch::Receiver<PoolStatus>,
     health: watch::Receiver<HealthStatus>,
     ready_workers: watch::Receiver<Vec<WorkerHandle>>,
+    workers: watch::Receiver<Option<SupervisorHandle>>,
     events: broadcast::Sender<PoolEvent>,
     worker_events: broadcast::Sender<WorkerEvent>,
     store: SessionStore,
@@ -401,6 +402,7 @@ impl Pool {
         let (status_tx, status) = watch::channel(PoolStatus::empty());
         let (health_tx, health) = watch::channel(HealthStatus::default());
         let (ready_tx, ready_workers) = watch::channel(Vec::<WorkerHandle>::new());
+        let (workers_tx, workers) = watch::channel(None);
         let (events, _) = broadcast::channel(1024);
         let store = SessionStore::default();
 
@@ -424,6 +426,7 @@ impl Pool {
                 status: status_tx.clone(),
                 events: events.clone(),
                 ready_workers: ready_tx.clone(),
+                workers: workers_tx.clone(),
             }
         };
         let health_config = config.health;
@@ -472,6 +475,7 @@ impl Pool {
                 status,
                 health,
                 ready_workers,
+                workers,
                 events,
                 worker_events: ctx.events.clone(),
                 store,
@@ -792,6 +796,12 @@ impl Pool {
     /// The pool's supervisor (rest_for_one over sessions, pool, health monitor).
     pub fn supervisor(&self) -> &SupervisorHandle {
         &self.inner.supervisor
+    }
+
+    /// The supervisor of the workers themselves (one_for_one, the restart
+    /// budget), for its status and events. A revive starts a new one.
+    pub fn workers_supervisor(&self) -> Option<SupervisorHandle> {
+        self.inner.workers.borrow().clone()
     }
 
     /// The tag every process of this pool carries.

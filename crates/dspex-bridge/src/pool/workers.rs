@@ -479,6 +479,7 @@ impl PoolActorState {
             &eager,
         )
         .await?;
+        self.workers_watch.send_replace(Some(self.workers.clone()));
         Ok(())
     }
 
