@@ -60,20 +60,36 @@ fn queue_timeout() -> Error {
     }
 }
 
+fn overloaded() -> Error {
+    Error::Overloaded {
+        message: "queue full".into(),
+        retry_after: Duration::from_millis(100),
+    }
+}
+
+/// Refusals that say "not now" (no worker in time, a full queue) never ran,
+/// and are returned at once with their suggested delay: retrying them
+/// inside would multiply the load that caused them.
 #[tokio::test]
-async fn errors_that_never_ran_are_retried() {
-    let (dspex, calls) = flaky(2, queue_timeout(), Config::default()).await;
-    let prediction = dspex
-        .execute(
-            "p",
-            json!({"q": "x"}),
-            ExecuteOptions::default().retry(FAST),
-        )
-        .await
-        .unwrap();
-    assert_eq!(prediction.attempts, 3);
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert_eq!(dspex.status().retries, 2);
+async fn refusals_are_returned_at_once_never_retried() {
+    for refusal in [queue_timeout(), overloaded()] {
+        let (dspex, calls) = flaky(1, refusal.clone(), Config::default()).await;
+        let started = std::time::Instant::now();
+        let error = dspex
+            .execute(
+                "p",
+                json!({"q": "x"}),
+                ExecuteOptions::default().retry(FAST).idempotent(),
+            )
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(50), "not slept on");
+        assert_eq!(error.category(), refusal.category());
+        assert!(error.is_refusal() && error.never_ran());
+        assert!(error.suggested_delay().is_some(), "{error:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "tried once");
+        assert_eq!(dspex.status().retries, 0);
+    }
 }
 
 #[tokio::test]
@@ -107,17 +123,18 @@ async fn a_crash_is_retried_only_when_the_call_is_idempotent() {
 
 #[tokio::test]
 async fn retries_stop_at_the_policy_bound_and_never_for_caller_errors() {
-    let (dspex, calls) = flaky(10, queue_timeout(), Config::default()).await;
+    let (dspex, calls) = flaky(10, crash(), Config::default()).await;
     let error = dspex
         .execute(
             "p",
             json!({"q": "x"}),
-            ExecuteOptions::default().retry(FAST),
+            ExecuteOptions::default().retry(FAST).idempotent(),
         )
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::Timeout { .. }));
+    assert_eq!(error.category(), Category::WorkerCrashed);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(dspex.status().retries, 2);
 
     let python_error = Error::Python {
         kind: dspex::protocol::ErrorKind::PythonException,
@@ -168,6 +185,9 @@ async fn the_breaker_opens_after_repeated_crashes_and_refuses_at_once() {
         .unwrap_err();
     assert_eq!(refused.category(), Category::Unavailable);
     assert!(refused.is_retryable(), "an open circuit will half-open");
+    assert!(refused.is_refusal());
+    let delay = refused.suggested_delay().expect("the time until the probe");
+    assert!(delay <= Duration::from_secs(60) && delay > Duration::from_secs(50), "{delay:?}");
     assert_eq!(
         calls.load(Ordering::SeqCst),
         3,
@@ -219,4 +239,168 @@ async fn configuration_errors_are_caught_before_anything_starts() {
         error.to_string().contains("/nonexistent/dspex.toml"),
         "{error}"
     );
+}
+
+/// Scenario 38's rule: while the circuit is open, every call is refused at
+/// once — never slept on, never retried, never reaching the adapter.
+#[tokio::test]
+async fn an_open_breaker_refuses_a_hundred_calls_at_once() {
+    let mut config = Config::default();
+    config.breaker.failure_threshold = 1;
+    config.breaker.cooldown_ms = 60_000;
+    let (dspex, calls) = flaky(1, crash(), config).await;
+    let _ = dspex.execute("p", json!({"q": "x"}), ExecuteOptions::default()).await;
+    assert_eq!(dspex.status().breaker.state, BreakerState::Open);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..100 {
+        let started = std::time::Instant::now();
+        let error = dspex
+            .execute("p", json!({"q": "x"}), ExecuteOptions::default().idempotent())
+            .await
+            .unwrap_err();
+        slowest = slowest.max(started.elapsed());
+        assert!(error.is_refusal(), "{error:?}");
+    }
+    assert!(slowest < Duration::from_millis(5), "slowest refusal {slowest:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(dspex.status().retries, 0);
+    assert_eq!(dspex.status().breaker.rejected, 100);
+}
+
+/// The handle's concurrency limit: calls beyond `max_in_flight` are refused
+/// at once as overloaded (load shedding), never queued.
+#[tokio::test]
+async fn calls_beyond_max_in_flight_are_shed() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let adapter = Arc::new(Slow {
+        gate: Arc::clone(&gate),
+        inner: MockAdapter::new(),
+    });
+    let dspex = Dspex::builder()
+        .max_in_flight(2)
+        .with_adapter(adapter)
+        .lm(LmConfig::dummy())
+        .start()
+        .await
+        .unwrap();
+    dspex
+        .create_program("p", Signature::parse("q: str -> a: str").unwrap(), Module::Predict)
+        .await
+        .unwrap();
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let d = dspex.clone();
+            tokio::spawn(async move {
+                d.execute("p", json!({"q": "x"}), ExecuteOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while dspex.status().in_flight < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    let shed = dspex
+        .execute("p", json!({"q": "x"}), ExecuteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(shed.category(), Category::Overloaded, "{shed:?}");
+    assert!(shed.suggested_delay().is_some());
+    gate.add_permits(2);
+    for call in running {
+        call.await.unwrap().unwrap();
+    }
+    dspex.shutdown().await;
+}
+
+/// Graceful shutdown, whatever the adapter: new calls are refused at once,
+/// the calls in flight finish with their results.
+#[tokio::test]
+async fn shutdown_refuses_new_calls_and_lets_those_in_flight_finish() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let adapter = Arc::new(Slow {
+        gate: Arc::clone(&gate),
+        inner: MockAdapter::new(),
+    });
+    let dspex = Dspex::builder()
+        .with_adapter(adapter)
+        .lm(LmConfig::dummy())
+        .start()
+        .await
+        .unwrap();
+    dspex
+        .create_program("p", Signature::parse("q: str -> a: str").unwrap(), Module::Predict)
+        .await
+        .unwrap();
+    let running: Vec<_> = (0..4)
+        .map(|_| {
+            let d = dspex.clone();
+            tokio::spawn(async move {
+                d.execute("p", json!({"q": "x"}), ExecuteOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while dspex.status().in_flight < 4 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    let stopping = tokio::spawn({
+        let d = dspex.clone();
+        async move { d.shutdown().await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !dspex.status().closing {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    let refused = dspex
+        .execute("p", json!({"q": "x"}), ExecuteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.category(), Category::Unavailable);
+    assert!(refused.to_string().contains("shutting down"), "{refused}");
+    assert!(!stopping.is_finished(), "shutdown waits for the calls in flight");
+    gate.add_permits(4);
+    for call in running {
+        assert!(call.await.unwrap().is_ok(), "a call in flight finished");
+    }
+    stopping.await.unwrap();
+    assert_eq!(dspex.status().in_flight, 0);
+}
+
+/// A mock that holds every execution until the test lets it go.
+#[derive(Debug)]
+struct Slow {
+    gate: Arc<tokio::sync::Semaphore>,
+    inner: MockAdapter,
+}
+
+impl dspex::adapter::Adapter for Slow {
+    fn call(
+        &self,
+        operation: Operation,
+    ) -> futures::future::BoxFuture<'_, dspex::Result<serde_json::Value>> {
+        Box::pin(async move {
+            if matches!(operation, Operation::Execute(_)) {
+                let permit = self.gate.acquire().await.expect("open");
+                permit.forget();
+            }
+            self.inner.call(operation).await
+        })
+    }
+
+    fn status(&self) -> dspex::adapter::AdapterStatus {
+        self.inner.status()
+    }
+
+    fn events(&self) -> tokio::sync::broadcast::Receiver<dspex::Event> {
+        self.inner.events()
+    }
+
+    fn shutdown(&self, grace: Duration) -> futures::future::BoxFuture<'_, ()> {
+        self.inner.shutdown(grace)
+    }
 }
