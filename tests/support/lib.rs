@@ -13,3 +13,4 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub mod pool;
+pub mod service;

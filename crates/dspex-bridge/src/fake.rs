@@ -12,7 +12,8 @@
 //! `i32::MAX`, so no code path can signal a real process with one.
 //!
 //! Commands: `ping`, `echo`, `sleep {ms}`, `hang`, `exit {code}`,
-//! `configure_lm` (with `lm_id`: a named LM), `create_program`,
+//! `configure_lm` (with `lm_id`: a named LM; `latency_ms` delays the
+//! default LM's executions), `create_program`,
 //! `execute_program` (typed values derived from the signature and inputs;
 //! `lm` or `lm_id` overrides), `list_programs`, `delete_program`,
 //! `get_stats`, `reset_state`, `shutdown`; anything else is
@@ -163,6 +164,8 @@ impl ProcessControl for FakeControl {
 #[derive(Debug, Default)]
 struct FakeState {
     lm: Option<String>,
+    /// The default LM's simulated latency (`latency_ms`).
+    lm_latency: Duration,
     named_lms: HashMap<String, String>,
     programs: HashMap<String, ProgramDefinition>,
     requests: u64,
@@ -284,7 +287,11 @@ impl Fake {
             }
             "configure_lm" => self.configure_lm(&args),
             "create_program" => self.create_program(Value::Object(args)),
-            "execute_program" => self.execute_program(args),
+            "execute_program" => {
+                let latency = self.with_state(|s| s.lm_latency);
+                tokio::time::sleep(latency).await;
+                self.execute_program(args)
+            }
             "list_programs" => Ok(self.with_state(|s| {
                 let mut ids: Vec<&String> = s.programs.keys().collect();
                 ids.sort();
@@ -332,7 +339,14 @@ impl Fake {
             self.with_state(|s| s.named_lms.insert(lm_id.to_owned(), model.to_owned()));
             return Ok(json!({"status": "configured", "model": model, "lm_id": lm_id}));
         }
-        self.with_state(|s| s.lm = Some(model.to_owned()));
+        let latency = args
+            .get("latency_ms")
+            .and_then(Value::as_u64)
+            .map_or(Duration::ZERO, Duration::from_millis);
+        self.with_state(|s| {
+            s.lm = Some(model.to_owned());
+            s.lm_latency = latency;
+        });
         Ok(json!({"status": "configured", "model": model}))
     }
 

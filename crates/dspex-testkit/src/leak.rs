@@ -48,9 +48,12 @@ pub(crate) fn owns_process() -> bool {
     std::env::var("NEXTEST_EXECUTION_MODE").is_ok_and(|m| m == "process-per-test")
 }
 
-/// Waits up to `settle` for the tree's processes to be gone and reaped, then
-/// reports what is left.
-pub(crate) async fn check(
+/// Waits up to `settle` for the processes of the tree with `tag` to be gone
+/// and reaped, and the pipes in `fds` closed, then reports what is left.
+/// `spawned` are the worker pids the tree ever had; `fd_baseline` the
+/// process's fd count before it started (compared only when the test owns
+/// the process, under nextest).
+pub async fn check(
     tag: &RunTag,
     fds: &FdLedger,
     spawned: &[u32],

@@ -28,6 +28,6 @@ mod leak;
 mod pool;
 mod wait;
 
-pub use leak::{LeakReport, fd_count, zombie_children};
+pub use leak::{LeakReport, check as check_leaks, fd_count, zombie_children};
 pub use pool::{TestPool, TestPoolBuilder, TestTree, managed_python};
 pub use wait::{poll_until, wait_event};

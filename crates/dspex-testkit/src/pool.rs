@@ -282,17 +282,23 @@ impl TestPool {
         let started = Instant::now();
         let pool = Pool::start_on(config, python).await?;
         let spawned = Arc::new(Mutex::new(Vec::new()));
+        // Every pid: from the events (spawns the status never shows, of
+        // workers that died at once) and from the status (the workers
+        // spawned before this subscription).
         let recorder = {
             let spawned = Arc::clone(&spawned);
             let mut events = pool.worker_events();
-            let status = pool.status();
-            record(&spawned, status.pids());
+            let mut status = pool.status_watch();
             tokio::spawn(async move {
                 loop {
-                    match events.recv().await {
-                        Ok(WorkerEvent::Spawned { pid, .. }) => record(&spawned, [pid]),
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => return,
+                    record(&spawned, status.borrow_and_update().pids());
+                    tokio::select! {
+                        event = events.recv() => match event {
+                            Ok(WorkerEvent::Spawned { pid, .. }) => record(&spawned, [pid]),
+                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                        changed = status.changed() => if changed.is_err() { return },
                     }
                 }
             })

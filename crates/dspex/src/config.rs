@@ -43,9 +43,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dspex_bridge::health::HealthConfig;
-use dspex_bridge::pool::{RecyclePolicy, RevivePolicy};
+use dspex_bridge::pool::{PoolConfig, RecyclePolicy, RevivePolicy};
+use dspex_bridge::{PythonConfig, TreeConfig, WorkerConfig};
 use dspex_protocol::{LmConfig, Secret};
-use dspex_supervision::Backoff;
+use dspex_supervision::{Backoff, RestartIntensity};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -608,6 +609,57 @@ impl Config {
             degraded_after: self.health.degraded_after,
             unhealthy_after: self.health.unhealthy_after,
             restart_after: self.health.restart_after,
+        }
+    }
+
+    /// The pool this configuration describes (pool mode; single mode is it
+    /// with one worker, [`PoolConfig::single`]).
+    pub fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            name: self.name.clone(),
+            python: PythonConfig {
+                interpreter: self.python.interpreter.clone(),
+                cache_dir: self.python.cache_dir.clone(),
+                ..PythonConfig::default()
+            },
+            worker: WorkerConfig {
+                request_timeout: self.request_timeout(),
+                hang_grace: self.hang_grace(),
+                ..WorkerConfig::default()
+            },
+            size: self.pool_size,
+            max_overflow: self.max_overflow,
+            per_worker_concurrency: self.per_worker_concurrency,
+            checkout_timeout: self.checkout_timeout(),
+            max_queue: self.max_queue,
+            intensity: RestartIntensity {
+                max_restarts: self.restart.max_restarts,
+                within: Duration::from_millis(self.restart.within_ms),
+            },
+            backoff: Backoff {
+                initial: Duration::from_millis(self.restart.backoff_initial_ms),
+                max: Duration::from_millis(self.restart.backoff_max_ms),
+                ..Backoff::default()
+            },
+            recycle: self.recycle_policy(),
+            revive: self.revive_policy(),
+            health: self.health_config(),
+            env: self
+                .worker_env
+                .iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            ..PoolConfig::default()
+        }
+    }
+
+    /// The supervision tree the Python adapter starts for this
+    /// configuration's mode.
+    pub fn tree_config(&self) -> TreeConfig {
+        match self.mode {
+            ModeSetting::Pool => TreeConfig::Pool(self.pool_config()),
+            ModeSetting::Single => TreeConfig::Single(self.pool_config().single()),
+            ModeSetting::Disabled => TreeConfig::Disabled,
         }
     }
 

@@ -5,10 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use dspex_bridge::pool::{PoolConfig, ProgramVersion, Session as PoolSession};
-use dspex_bridge::{PythonConfig, TreeConfig, WorkerConfig};
+use dspex_bridge::pool::{ProgramVersion, Session as PoolSession};
 use dspex_protocol::{LmConfig, Map, ProgramDefinition, Value};
-use dspex_supervision::{Backoff, RestartIntensity};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tower::ServiceExt;
@@ -315,47 +313,7 @@ fn millis(duration: Duration) -> u64 {
 
 /// The one place the configured adapter is resolved.
 async fn start_adapter(config: &Config) -> Result<Arc<dyn Adapter>> {
-    let env: Vec<_> = config
-        .worker_env
-        .iter()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect();
-    let python = PythonConfig {
-        interpreter: config.python.interpreter.clone(),
-        cache_dir: config.python.cache_dir.clone(),
-        ..PythonConfig::default()
-    };
-    let worker = WorkerConfig {
-        request_timeout: config.request_timeout(),
-        hang_grace: config.hang_grace(),
-        ..WorkerConfig::default()
-    };
-    let intensity = RestartIntensity {
-        max_restarts: config.restart.max_restarts,
-        within: Duration::from_millis(config.restart.within_ms),
-    };
-    let backoff = Backoff {
-        initial: Duration::from_millis(config.restart.backoff_initial_ms),
-        max: Duration::from_millis(config.restart.backoff_max_ms),
-        ..Backoff::default()
-    };
-    let pool_config = || PoolConfig {
-        name: config.name.clone(),
-        python: python.clone(),
-        worker,
-        size: config.pool_size,
-        max_overflow: config.max_overflow,
-        per_worker_concurrency: config.per_worker_concurrency,
-        checkout_timeout: config.checkout_timeout(),
-        max_queue: config.max_queue,
-        intensity,
-        backoff,
-        recycle: config.recycle_policy(),
-        revive: config.revive_policy(),
-        health: config.health_config(),
-        env: env.clone(),
-        ..PoolConfig::default()
-    };
+    let pool_config = || config.pool_config();
     Ok(match (config.adapter, config.mode) {
         (AdapterKind::Mock, _) => Arc::new(MockAdapter::new()),
         (AdapterKind::BridgeMock, ModeSetting::Pool) => {
@@ -369,15 +327,7 @@ async fn start_adapter(config: &Config) -> Result<Arc<dyn Adapter>> {
                 "mode: the bridge mock runs fake workers; use mode pool or single",
             ));
         }
-        (AdapterKind::Python, ModeSetting::Pool) => {
-            Arc::new(PoolAdapter::python(TreeConfig::Pool(pool_config())).await?)
-        }
-        (AdapterKind::Python, ModeSetting::Single) => {
-            Arc::new(PoolAdapter::python(TreeConfig::Single(pool_config().single())).await?)
-        }
-        (AdapterKind::Python, ModeSetting::Disabled) => {
-            Arc::new(PoolAdapter::python(TreeConfig::Disabled).await?)
-        }
+        (AdapterKind::Python, _) => Arc::new(PoolAdapter::python(config.tree_config()).await?),
     })
 }
 

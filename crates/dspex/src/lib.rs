@@ -48,7 +48,7 @@ pub mod signature;
 pub use config::{AdapterKind, Config, ModeSetting};
 pub use dspex_bridge as bridge;
 pub use dspex_protocol as protocol;
-pub use dspex_protocol::LmConfig;
+pub use dspex_protocol::{LmConfig, Secret};
 pub use error::{Category, Deadline, Error, Result};
 pub use event::Event;
 pub use handle::{Dspex, DspexBuilder, ExecuteOptions, Status};

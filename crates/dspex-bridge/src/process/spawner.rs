@@ -112,6 +112,9 @@ fn spawn_child(command: &WorkerCommand) -> Result<Spawned, SpawnError> {
         .args(&command.args)
         .env("PYTHONPATH", &command.python_path)
         .env("PYTHONUNBUFFERED", "1")
+        // litellm would fetch its model price map from the network on the
+        // first priced call (5 s timeout): its bundled copy is enough.
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .env(super::RUN_TAG_ENV, command.run_tag.as_str())
         .envs(command.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())

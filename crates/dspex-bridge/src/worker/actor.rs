@@ -392,7 +392,15 @@ impl WorkerActorState {
             tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "late reply after the deadline; dropped");
             return;
         };
-        let outcome = response.outcome.map_err(WorkerError::Remote);
+        // The worker's own `DeadlineExceeded` and this side's timer are the
+        // same event seen from two ends (whichever arrives first): one error.
+        let outcome = response.outcome.map_err(|error| match error.kind {
+            ErrorKind::DeadlineExceeded => WorkerError::RequestTimeout {
+                worker_id: self.worker_id.clone(),
+                after: pending.timeout,
+            },
+            _ => WorkerError::Remote(error),
+        });
         if reply.send(outcome).is_err() {
             tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "caller gave up before the reply; dropped");
         }

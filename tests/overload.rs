@@ -1,0 +1,69 @@
+//! Scenario 39: overload. `max_queue` 10, 500 concurrent callers, the
+//! default retry policy: refusals are returned, typed `Overloaded` with a
+//! suggested delay, and the retry budget keeps retries ≤ 20 % of the
+//! requests — here there are none at all, since a refusal is never retried.
+
+use std::time::Duration;
+
+use dspex::{Category, ExecuteOptions, ModeSetting, Module, Signature};
+use dspex_tests::service::{Service, config, slow_lm};
+use serde_json::json;
+
+const CALLERS: usize = 500;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s39_overload_is_refused_not_multiplied() {
+    let mut config = config(ModeSetting::Pool);
+    config.pool_size = 2;
+    config.max_queue = Some(10);
+    let service = Service::start(config).await.unwrap();
+    let dspex = &service.dspex;
+    dspex.configure_lm(slow_lm(50)).await.unwrap();
+    dspex
+        .create_program("qa", Signature::parse("q: str -> a: str").unwrap(), Module::Predict)
+        .await
+        .unwrap();
+    let before = service.pool().status().counters;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CALLERS));
+    let calls: Vec<_> = (0..CALLERS)
+        .map(|n| {
+            let dspex = dspex.clone();
+            let barrier = std::sync::Arc::clone(&barrier);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                dspex
+                    .execute("qa", json!({"q": format!("q{n}")}), ExecuteOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    let (mut ok, mut overloaded) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(error) => {
+                assert_eq!(error.category(), Category::Overloaded, "{error:?}");
+                let delay = error.suggested_delay().expect("a suggested delay");
+                assert!(delay > Duration::ZERO);
+                overloaded += 1;
+            }
+        }
+    }
+    let after = service.pool().status().counters;
+    let attempts = (after.checkouts - before.checkouts)
+        + (after.overloaded - before.overloaded)
+        + (after.cancelled - before.cancelled);
+    let retries = dspex.status().retries;
+    println!(
+        "s39: {CALLERS} callers: {ok} ok, {overloaded} overloaded; {attempts} attempts, {retries} retries"
+    );
+    assert_eq!(ok + overloaded, CALLERS);
+    assert!(ok >= 12, "the workers and the queue were used: {ok}");
+    assert!(overloaded > 0);
+    assert!(
+        attempts as usize <= CALLERS * 12 / 10,
+        "{attempts} attempts for {CALLERS} requests"
+    );
+    assert_eq!(retries, 0, "a refusal is never retried");
+    service.finish().await;
+}

@@ -1,0 +1,100 @@
+//! Single mode is the pool machinery with one worker: the same queue bound,
+//! concurrency limit, LM and program tracking, and `SessionLost` after a
+//! restart — none of it silently ignored.
+
+use std::time::{Duration, Instant};
+
+use dspex::{Category, ExecuteOptions, ModeSetting, Module, Signature};
+use dspex_tests::service::{Service, config, slow_lm};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+
+async fn single(change: impl FnOnce(&mut dspex::Config)) -> Service {
+    let mut config = config(ModeSetting::Single);
+    change(&mut config);
+    let service = Service::start(config).await.unwrap();
+    service
+        .dspex
+        .create_program("qa", Signature::parse("q: str -> a: str").unwrap(), Module::Predict)
+        .await
+        .unwrap();
+    service
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_bound_and_the_concurrency_hold_in_single_mode() {
+    let service = single(|c| {
+        c.per_worker_concurrency = 2;
+        c.max_queue = Some(2);
+    })
+    .await;
+    let dspex = &service.dspex;
+    dspex.configure_lm(slow_lm(500)).await.unwrap();
+    let calls: Vec<_> = (0..10)
+        .map(|n| {
+            let dspex = dspex.clone();
+            tokio::spawn(async move {
+                dspex
+                    .execute("qa", json!({"q": format!("q{n}")}), ExecuteOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    let mut peak_leases = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !calls.iter().all(|c| c.is_finished()) {
+        let status = service.pool().status();
+        peak_leases = peak_leases.max(status.leases);
+        assert!(status.queued <= 2, "queue bound exceeded: {status:?}");
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (mut ok, mut overloaded) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(error) => {
+                assert_eq!(error.category(), Category::Overloaded, "{error:?}");
+                overloaded += 1;
+            }
+        }
+    }
+    println!("single mode: {ok} ok, {overloaded} overloaded, peak {peak_leases} leases");
+    assert_eq!(ok, 4, "two running and two queued");
+    assert_eq!(overloaded, 6);
+    assert_eq!(peak_leases, 2, "per_worker_concurrency is honoured");
+    service.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stateful_session_is_lost_with_the_single_worker() {
+    let service = single(|_| {}).await;
+    let dspex = &service.dspex;
+    dspex.configure_lm(slow_lm(0)).await.unwrap();
+    let chat = dspex.stateful_session("chat-1");
+    chat.execute("qa", json!({"q": "hello"}), ExecuteOptions::default())
+        .await
+        .unwrap();
+    let pid = service.pool().status().pids()[0];
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    service
+        .pool()
+        .ready_worker(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let error = chat
+        .execute("qa", json!({"q": "again"}), ExecuteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.category(), Category::Session, "{error:?}");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    // Other calls run on the replacement, which got the LM and the program.
+    let prediction = dspex
+        .execute("qa", json!({"q": "fresh"}), ExecuteOptions::default())
+        .await
+        .unwrap();
+    assert!(prediction.outputs["a"].is_string());
+    service.finish().await;
+}
