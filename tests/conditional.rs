@@ -51,7 +51,11 @@ async fn single_mode_serves_and_reports_its_mode_and_environment() {
     let status = tree.status();
     assert_eq!(status.mode, Mode::Single);
     assert_eq!(status.failed, None);
-    assert_eq!(status.pool.unwrap().workers.len(), 1, "single mode: one worker");
+    assert_eq!(
+        status.pool.unwrap().workers.len(),
+        1,
+        "single mode: one worker"
+    );
     let env = status.environment.unwrap();
     assert!(env.is_ok(), "{env}");
     assert!(env.dspy.is_some() && env.msgpack.is_some());

@@ -9,10 +9,10 @@
 
 use std::time::{Duration, Instant};
 
+use dspex::bridge::WorkerError;
 use dspex::bridge::health::{Health, HealthConfig};
 use dspex::bridge::pool::{PoolError, PoolState, RequestOptions};
 use dspex::bridge::worker::WorkerEvent;
-use dspex::bridge::WorkerError;
 use dspex::protocol::Command;
 use dspex::{Category, Deadline, Error, ExecuteOptions, ModeSetting, Module, Signature};
 use dspex_testkit::{TestTree, poll_until, wait_event};
@@ -62,7 +62,13 @@ async fn s34_a_slow_lm_costs_the_calls_not_the_pool() {
                         .unwrap_err();
                     let took = started.elapsed();
                     assert!(
-                        matches!(error, Error::Timeout { deadline: Deadline::Request, .. }),
+                        matches!(
+                            error,
+                            Error::Timeout {
+                                deadline: Deadline::Request,
+                                ..
+                            }
+                        ),
                         "call {stream}-{n}: {error:?}"
                     );
                     late.push(took);
@@ -82,7 +88,11 @@ async fn s34_a_slow_lm_costs_the_calls_not_the_pool() {
         took[25]
     );
     assert_eq!(took.len(), 50);
-    assert!(took[0] >= deadline - Duration::from_millis(5), "{:?}", took[0]);
+    assert!(
+        took[0] >= deadline - Duration::from_millis(5),
+        "{:?}",
+        took[0]
+    );
     assert!(
         worst <= deadline + Duration::from_millis(50),
         "a Timeout came {worst:?} after the call (deadline {deadline:?})"
@@ -174,12 +184,17 @@ async fn s35_only_a_truly_hung_worker_is_killed_and_it_is_not_a_crash() {
             .await
             .unwrap_err();
         assert!(
-            matches!(timed_out, PoolError::Worker(WorkerError::RequestTimeout { .. })),
+            matches!(
+                timed_out,
+                PoolError::Worker(WorkerError::RequestTimeout { .. })
+            ),
             "round {round}: {timed_out:?}"
         );
-        wait_event(&mut events, Duration::from_secs(5), |e| {
-            matches!(e, WorkerEvent::Exited { pid: p, .. } if *p == pid)
-        })
+        wait_event(
+            &mut events,
+            Duration::from_secs(5),
+            |e| matches!(e, WorkerEvent::Exited { pid: p, .. } if *p == pid),
+        )
         .await
         .unwrap();
         let killed = started.elapsed();
@@ -190,7 +205,10 @@ async fn s35_only_a_truly_hung_worker_is_killed_and_it_is_not_a_crash() {
         );
         let bystander = bystander.await.unwrap().unwrap_err();
         assert!(
-            matches!(bystander, PoolError::Worker(WorkerError::WorkerExited { .. })),
+            matches!(
+                bystander,
+                PoolError::Worker(WorkerError::WorkerExited { .. })
+            ),
             "round {round}: the bystander may have run: {bystander:?}"
         );
     }
@@ -203,7 +221,9 @@ async fn s35_only_a_truly_hung_worker_is_killed_and_it_is_not_a_crash() {
     assert_eq!(status.state, PoolState::Running, "never Failed");
     assert_eq!(status.restarts, 0, "a hang kill is not a crash");
     assert_eq!(
-        pool.command("echo", json!({"after": "storm"})).await.unwrap(),
+        pool.command("echo", json!({"after": "storm"}))
+            .await
+            .unwrap(),
         json!({"after": "storm"})
     );
     pool.finish().await;
@@ -267,7 +287,11 @@ async fn a_timeout_through_the_api_is_typed_and_not_retried() {
     let dspex = &service.dspex;
     dspex.configure_lm(slow_lm(2_000)).await.unwrap();
     dspex
-        .create_program("qa", Signature::parse("q: str -> a: str").unwrap(), Module::Predict)
+        .create_program(
+            "qa",
+            Signature::parse("q: str -> a: str").unwrap(),
+            Module::Predict,
+        )
         .await
         .unwrap();
     let error = dspex

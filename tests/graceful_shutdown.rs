@@ -20,7 +20,11 @@ const LATENCY_MS: u64 = 1_000;
 /// shutdown took about one second plus the workers' stop.
 async fn shutdown_with_calls_in_flight(dspex: &Dspex, label: &str, in_flight: usize) {
     dspex
-        .create_program("qa", Signature::parse("q: str -> a: str").unwrap(), Module::Predict)
+        .create_program(
+            "qa",
+            Signature::parse("q: str -> a: str").unwrap(),
+            Module::Predict,
+        )
         .await
         .unwrap();
     let calls: Vec<_> = (0..in_flight)
@@ -28,7 +32,11 @@ async fn shutdown_with_calls_in_flight(dspex: &Dspex, label: &str, in_flight: us
             let dspex = dspex.clone();
             tokio::spawn(async move {
                 dspex
-                    .execute("qa", json!({"q": format!("q{n}")}), ExecuteOptions::default())
+                    .execute(
+                        "qa",
+                        json!({"q": format!("q{n}")}),
+                        ExecuteOptions::default(),
+                    )
                     .await
             })
         })
@@ -51,13 +59,22 @@ async fn shutdown_with_calls_in_flight(dspex: &Dspex, label: &str, in_flight: us
         .execute("qa", json!({"q": "late"}), ExecuteOptions::default())
         .await
         .unwrap_err();
-    assert!(refused_at.elapsed() < Duration::from_millis(50), "{label}: refused at once");
+    assert!(
+        refused_at.elapsed() < Duration::from_millis(50),
+        "{label}: refused at once"
+    );
     assert_eq!(refused.category(), Category::Unavailable, "{label}");
-    assert!(refused.to_string().contains("shutting down"), "{label}: {refused}");
+    assert!(
+        refused.to_string().contains("shutting down"),
+        "{label}: {refused}"
+    );
     let mut ok = 0;
     for call in calls {
         let prediction = call.await.unwrap();
-        assert!(prediction.is_ok(), "{label}: a call in flight failed: {prediction:?}");
+        assert!(
+            prediction.is_ok(),
+            "{label}: a call in flight failed: {prediction:?}"
+        );
         ok += 1;
     }
     shutdown.await.unwrap();
@@ -77,7 +94,11 @@ async fn s36_pool_mode_shutdown_lets_four_calls_in_flight_finish() {
     let mut config = config(ModeSetting::Pool);
     config.pool_size = 4;
     let service = Service::start(config).await.unwrap();
-    service.dspex.configure_lm(slow_lm(LATENCY_MS)).await.unwrap();
+    service
+        .dspex
+        .configure_lm(slow_lm(LATENCY_MS))
+        .await
+        .unwrap();
     shutdown_with_calls_in_flight(&service.dspex, "pool", 4).await;
     let status = service.pool().status();
     assert_eq!(status.restarts, 0);
@@ -89,7 +110,11 @@ async fn s36_single_mode_shutdown_lets_its_calls_in_flight_finish() {
     let mut config = config(ModeSetting::Single);
     config.per_worker_concurrency = 4;
     let service = Service::start(config).await.unwrap();
-    service.dspex.configure_lm(slow_lm(LATENCY_MS)).await.unwrap();
+    service
+        .dspex
+        .configure_lm(slow_lm(LATENCY_MS))
+        .await
+        .unwrap();
     shutdown_with_calls_in_flight(&service.dspex, "single", 4).await;
     service.finish().await;
 }

@@ -565,7 +565,10 @@ async fn s27_shutdown_lets_in_flight_requests_finish() {
     let stopping = Instant::now();
     let shutdown = {
         let p = pool.pool().clone();
-        tokio::spawn(async move { p.shutdown(Duration::from_secs(2), Duration::from_secs(30)).await })
+        tokio::spawn(async move {
+            p.shutdown(Duration::from_secs(2), Duration::from_secs(30))
+                .await
+        })
     };
     let mut outcomes = Vec::new();
     for call in in_flight {

@@ -4,11 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dspex_bridge::pool::ProgramVersion;
 use dspex_bridge::pool::{
     CheckoutOptions, Lease, PoolConfig, PoolError, PoolEvent, PoolStatus, RequestOptions, Session,
     SlotPhase,
 };
-use dspex_bridge::pool::ProgramVersion;
 use dspex_bridge::{CallOptions, WorkerError};
 use dspex_protocol::{
     Command, ErrorKind, FieldSpec, LmConfig, ProgramDefinition, SignatureSpec, Value,
@@ -353,8 +353,7 @@ async fn execute_on_every_worker(pool: &TestPool, program: &ProgramVersion) {
                 let Value::Object(inputs) = json!({"question": format!("question {n}")}) else {
                     unreachable!()
                 };
-                p.execute(&program, inputs, RequestOptions::default())
-                    .await
+                p.execute(&program, inputs, RequestOptions::default()).await
             })
         })
         .collect();

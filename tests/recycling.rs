@@ -78,7 +78,8 @@ async fn s41_recycled_workers_are_replaced_before_they_retire() {
         ticks.tick().await;
         let p = pool.pool().clone();
         calls.push(tokio::spawn(async move {
-            p.call(echo(json!({"n": n})), RequestOptions::default()).await
+            p.call(echo(json!({"n": n})), RequestOptions::default())
+                .await
         }));
     }
     let mut errors = Vec::new();
@@ -113,10 +114,19 @@ async fn s41_recycled_workers_are_replaced_before_they_retire() {
     );
     assert_eq!(status.restarts, 0, "recycling is not a crash");
     assert!(
-        status.workers.iter().all(|w| w.requests <= MAX_REQUESTS + 4 * SIZE as u64),
+        status
+            .workers
+            .iter()
+            .all(|w| w.requests <= MAX_REQUESTS + 4 * SIZE as u64),
         "{status:#?}"
     );
-    assert_eq!(pool.wait_status(BOOT, |s| s.idle == SIZE).await.unwrap().retiring, 0);
+    assert_eq!(
+        pool.wait_status(BOOT, |s| s.idle == SIZE)
+            .await
+            .unwrap()
+            .retiring,
+        0
+    );
     listener.abort();
     assert_eq!(
         recycled_events.load(Ordering::SeqCst) as u64,

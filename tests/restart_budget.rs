@@ -54,7 +54,9 @@ fn is_failed(state: &PoolState) -> bool {
 }
 
 fn workers(tree: &TestPool) -> SupervisorHandle {
-    tree.pool().workers_supervisor().expect("a workers' supervisor")
+    tree.pool()
+        .workers_supervisor()
+        .expect("a workers' supervisor")
 }
 
 /// Asserts that no worker is spawned for [`QUIET`]: the `Spawned` wait must
@@ -223,9 +225,7 @@ async fn s17_flaky_start_recovers_within_the_budget() {
     assert_eq!(tree.spawned_pids().len(), 3);
     assert_eq!(tree.spawned_pids().last(), Some(&worker.pid()));
     // The last failure is remembered with its stderr tail.
-    let last_cause = workers(&tree).status().children[0]
-        .last_cause
-        .clone();
+    let last_cause = workers(&tree).status().children[0].last_cause.clone();
     match last_cause {
         Some(ExitCause::Failed(text)) => {
             assert!(text.contains("exit code 1"), "{text}");
@@ -506,7 +506,10 @@ async fn s40_a_failed_pool_revives_once_the_environment_is_fixed() {
     let mut events = tree.events();
     tree.wait_state(BOOT, is_failed).await.unwrap();
     let status = tree.pool().status();
-    assert!(status.revive_at.is_some(), "the next attempt is due: {status:?}");
+    assert!(
+        status.revive_at.is_some(),
+        "the next attempt is due: {status:?}"
+    );
     // Meanwhile callers are refused at once, told when to come back.
     let called = Instant::now();
     let error = tree.command("echo", json!({})).await.unwrap_err();
@@ -518,12 +521,16 @@ async fn s40_a_failed_pool_revives_once_the_environment_is_fixed() {
     assert!(retry_in.is_some_and(|d| d <= cooldown.max), "{retry_in:?}");
 
     // At least one revive attempt fails again while the environment is broken.
-    wait_event(&mut events, BOOT, |e| matches!(e, PoolEvent::Reviving { .. }))
-        .await
-        .unwrap();
-    wait_event(&mut events, BOOT, |e| matches!(e, PoolEvent::PoolFailed { .. }))
-        .await
-        .unwrap();
+    wait_event(&mut events, BOOT, |e| {
+        matches!(e, PoolEvent::Reviving { .. })
+    })
+    .await
+    .unwrap();
+    wait_event(&mut events, BOOT, |e| {
+        matches!(e, PoolEvent::PoolFailed { .. })
+    })
+    .await
+    .unwrap();
 
     std::fs::remove_file(&broken).unwrap();
     let fixed = Instant::now();
@@ -550,8 +557,6 @@ async fn s40_a_failed_pool_revives_once_the_environment_is_fixed() {
     })
     .await;
     assert!(more.is_err(), "a second Revived: {more:?}");
-    println!(
-        "s40: serving {serving_after:?} after the fix (budget {budget:?}, T_boot {t_boot:?})"
-    );
+    println!("s40: serving {serving_after:?} after the fix (budget {budget:?}, T_boot {t_boot:?})");
     tree.finish().await;
 }

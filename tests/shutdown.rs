@@ -13,9 +13,9 @@
 
 use std::time::{Duration, Instant};
 
+use dspex_bridge::pool::{PoolError, RequestOptions};
 use dspex_bridge::process::{Exit, StopGrace, proc_stat, tagged_processes};
 use dspex_bridge::worker::WorkerEvent;
-use dspex_bridge::pool::{PoolError, RequestOptions};
 use dspex_protocol::{Command, Value};
 use dspex_testkit::{TestPool, TestPoolBuilder, TestTree, poll_until, wait_event};
 use nix::sys::signal::Signal;

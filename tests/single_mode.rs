@@ -16,7 +16,11 @@ async fn single(change: impl FnOnce(&mut dspex::Config)) -> Service {
     let service = Service::start(config).await.unwrap();
     service
         .dspex
-        .create_program("qa", Signature::parse("q: str -> a: str").unwrap(), Module::Predict)
+        .create_program(
+            "qa",
+            Signature::parse("q: str -> a: str").unwrap(),
+            Module::Predict,
+        )
         .await
         .unwrap();
     service
@@ -36,7 +40,11 @@ async fn the_queue_bound_and_the_concurrency_hold_in_single_mode() {
             let dspex = dspex.clone();
             tokio::spawn(async move {
                 dspex
-                    .execute("qa", json!({"q": format!("q{n}")}), ExecuteOptions::default())
+                    .execute(
+                        "qa",
+                        json!({"q": format!("q{n}")}),
+                        ExecuteOptions::default(),
+                    )
                     .await
             })
         })
@@ -78,11 +86,14 @@ async fn a_stateful_session_is_lost_with_the_single_worker() {
         .unwrap();
     let pid = service.pool().status().pids()[0];
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-    service
-        .pool()
-        .ready_worker(Duration::from_secs(30))
-        .await
-        .unwrap();
+    let mut status = service.pool().status_watch();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.idle == 1 && !s.pids().contains(&pid)),
+    )
+    .await
+    .expect("the worker is replaced")
+    .unwrap();
     let started = Instant::now();
     let error = chat
         .execute("qa", json!({"q": "again"}), ExecuteOptions::default())

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use dspex_bridge::pool::{PoolError, RequestOptions};
 use dspex_bridge::process::{Exit, proc_stat};
 use dspex_bridge::worker::WorkerEvent;
-use dspex_bridge::pool::{PoolError, RequestOptions};
 use dspex_bridge::{WorkerError, WorkerHandle};
 use dspex_protocol::{Command, ErrorKind, ProtocolError};
 use dspex_supervision::Backoff;
@@ -346,7 +346,10 @@ async fn a_slow_request_times_out_and_the_worker_stays() {
         let started = Instant::now();
         let error = tree
             .pool()
-            .call(Command::custom("sleep", json!({"ms": 5000})), options.clone())
+            .call(
+                Command::custom("sleep", json!({"ms": 5000})),
+                options.clone(),
+            )
             .await
             .unwrap_err();
         let at = started.elapsed();
@@ -362,7 +365,10 @@ async fn a_slow_request_times_out_and_the_worker_stays() {
         .await
         .unwrap();
     assert_eq!(stats["requests"]["deadline_exceeded"], 5, "{stats}");
-    assert_eq!(tree.command("echo", json!({"n": 1})).await.unwrap(), json!({"n": 1}));
+    assert_eq!(
+        tree.command("echo", json!({"n": 1})).await.unwrap(),
+        json!({"n": 1})
+    );
     assert_eq!(tree.worker_pid(), Some(pid));
     assert_eq!(tree.restarts(), 0);
     tree.finish().await;

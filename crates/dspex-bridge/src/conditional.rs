@@ -310,7 +310,10 @@ impl ConditionalSupervisor {
         if let Some(pool) = &self.pool
             && !pool.drain(grace).await
         {
-            tracing::warn!(?grace, "shutdown: requests still in flight after the grace; stopping anyway");
+            tracing::warn!(
+                ?grace,
+                "shutdown: requests still in flight after the grace; stopping anyway"
+            );
         }
         self.root.stop(stop_timeout).await;
         self.pool

@@ -58,7 +58,8 @@ async fn calls_are_served_and_counted() {
     assert_eq!(status.counters.checkouts, 20);
     assert_eq!(status.idle, 4);
     assert_eq!(status.leases, 0);
-    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5)).await;
+    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5))
+        .await;
     assert_eq!(pool.status().state, PoolState::Stopped);
 }
 
@@ -88,7 +89,8 @@ async fn checkout_times_out_when_every_worker_is_busy() {
         .await
         .unwrap();
     assert_eq!(pool.status().restarts, 0);
-    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5)).await;
+    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,5 +170,6 @@ async fn a_stateful_session_is_lost_with_its_worker() {
         pool.call(echo(2), RequestOptions::default()).await.unwrap(),
         json!({"n": 2})
     );
-    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5)).await;
+    pool.shutdown(Duration::from_secs(5), Duration::from_secs(5))
+        .await;
 }

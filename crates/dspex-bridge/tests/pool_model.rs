@@ -523,7 +523,9 @@ impl StateMachineTest for PoolModel {
         } = sys;
         spawner.cont_all();
         drop(leases);
-        let stragglers = rt.block_on(patiently(pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))));
+        let stragglers = rt.block_on(patiently(
+            pool.shutdown(Duration::from_secs(2), Duration::from_secs(2)),
+        ));
         assert_eq!(stragglers, 0);
         assert_eq!(pool.status().state, PoolState::Stopped);
         rt.shutdown_timeout(Duration::from_secs(1));

@@ -76,7 +76,8 @@ async fn scenario_6_a_worker_handed_to_a_caller_that_gave_up_goes_straight_back(
     drop((lease, leases));
     let status = wait_until(&pool, "all back", |s| s.idle == 2).await;
     assert_at_rest(&status, 2);
-    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2)).await;
+    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
+        .await;
 }
 
 /// Callers whose checkout timeout is about the service time of the callers
@@ -160,7 +161,8 @@ async fn scenario_6_randomised_timeouts_about_the_service_time_leak_nothing() {
         iterations < 50 || (served > 0 && timed_out > 0),
         "the race was not exercised"
     );
-    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2)).await;
+    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
+        .await;
 }
 
 // --- scenario 8: callers dropped mid-request -----------------------------------------------
@@ -274,7 +276,8 @@ async fn scenario_8_callers_dropped_mid_request_never_get_or_cause_a_wrong_reply
         "no drop hit a request in flight"
     );
     assert!(delivered > 0 && delivered < callers, "drops did not vary");
-    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2)).await;
+    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
+        .await;
 }
 
 // --- scenario 33, lightly: concurrent operations -------------------------------------------
@@ -407,5 +410,6 @@ async fn scenario_33_concurrent_checkouts_cancels_drops_and_kills_do_not_deadloc
     assert_at_rest(&status, SIZE);
     assert_eq!(failures.load(Ordering::Relaxed), 0);
     assert!(held.lock().unwrap().is_empty());
-    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2)).await;
+    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
+        .await;
 }

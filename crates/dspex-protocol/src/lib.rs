@@ -41,8 +41,8 @@ pub use canonical::{canonical_json, program_hash};
 pub use codec::{MessageCodec, decode_body, encode_body};
 pub use error::{ErrorKind, ProtocolError, RemoteError};
 pub use message::{
-    Command, ExecuteArgs, FieldSpec, LmConfig, MAX_COMMAND_NAME, ProgramDefinition, Ready,
-    Request, RequestId, Response, SignatureSpec,
+    Command, ExecuteArgs, FieldSpec, LmConfig, MAX_COMMAND_NAME, ProgramDefinition, Ready, Request,
+    RequestId, Response, SignatureSpec,
 };
 pub use secret::{REDACTED, Secret, is_secret_key};
 pub use serde_json::{Map, Value};

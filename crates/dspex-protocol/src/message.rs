@@ -291,9 +291,7 @@ impl Command {
         let name = self.name();
         let well_formed = !name.is_empty()
             && name.len() <= MAX_COMMAND_NAME
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             && !name.as_bytes()[0].is_ascii_digit();
         if !well_formed {
             return Err(ProtocolError::InvalidCommand(format!(

@@ -285,14 +285,28 @@ fn program_definition_matches_the_contract_shape() {
 
 #[test]
 fn malformed_command_names_are_refused_before_sending() {
-    for name in ["", " ", "9lives", "semi;colon", "tab\tbed", "é", &"x".repeat(65)] {
+    for name in [
+        "",
+        " ",
+        "9lives",
+        "semi;colon",
+        "tab\tbed",
+        "é",
+        &"x".repeat(65),
+    ] {
         let error = Command::custom(name, json!({})).validate().unwrap_err();
-        assert!(matches!(error, ProtocolError::InvalidCommand(_)), "{name:?}");
+        assert!(
+            matches!(error, ProtocolError::InvalidCommand(_)),
+            "{name:?}"
+        );
     }
     let error = Command::custom("echo", json!([1])).validate().unwrap_err();
     assert!(error.to_string().contains("map"), "{error}");
     for name in ["ping", "write_garbage", "_private", "x", &"x".repeat(64)] {
-        assert!(Command::custom(name, json!({})).validate().is_ok(), "{name:?}");
+        assert!(
+            Command::custom(name, json!({})).validate().is_ok(),
+            "{name:?}"
+        );
     }
     assert!(Command::Ping.validate().is_ok());
 }

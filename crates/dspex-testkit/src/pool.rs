@@ -376,7 +376,10 @@ impl TestPool {
         timeout: Duration,
         mut predicate: impl FnMut(&PoolState) -> bool,
     ) -> anyhow::Result<PoolState> {
-        Ok(self.wait_status(timeout, |s| predicate(&s.state)).await?.state)
+        Ok(self
+            .wait_status(timeout, |s| predicate(&s.state))
+            .await?
+            .state)
     }
 
     /// Pool events from now on.

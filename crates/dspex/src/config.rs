@@ -500,16 +500,28 @@ impl Config {
         if let Some(revive) = &self.revive
             && revive.cooldown_ms > revive.max_cooldown_ms
         {
-            return fail("revive.cooldown_ms", "must not exceed revive.max_cooldown_ms");
+            return fail(
+                "revive.cooldown_ms",
+                "must not exceed revive.max_cooldown_ms",
+            );
         }
         if self.recycle.max_requests == Some(0) {
-            return fail("recycle.max_requests", "must be at least 1 (omit it for no limit)");
+            return fail(
+                "recycle.max_requests",
+                "must be at least 1 (omit it for no limit)",
+            );
         }
         if self.recycle.max_age_ms == Some(0) {
-            return fail("recycle.max_age_ms", "must be positive (omit it for no limit)");
+            return fail(
+                "recycle.max_age_ms",
+                "must be positive (omit it for no limit)",
+            );
         }
         if self.recycle.max_rss_mb == Some(0) {
-            return fail("recycle.max_rss_mb", "must be positive (omit it for no limit)");
+            return fail(
+                "recycle.max_rss_mb",
+                "must be positive (omit it for no limit)",
+            );
         }
         if self.health.interval_ms == 0 || self.health.timeout_ms == 0 {
             return fail("health", "interval_ms and timeout_ms must be positive");

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
+use dspex_bridge::WorkerError;
 use dspex_bridge::pool::PoolError;
 use dspex_bridge::process::Exit;
-use dspex_bridge::WorkerError;
 use dspex_protocol::ErrorKind;
 
 use crate::signature::{FieldRole, SignatureError, ValidationError};
@@ -460,7 +460,10 @@ mod tests {
 
         let queued: Error = PoolError::CheckoutTimeout(Duration::from_millis(5)).into();
         assert!(queued.is_retryable() && queued.never_ran() && queued.is_refusal());
-        assert!(!queued.may_retry(true), "a refusal is returned, not retried");
+        assert!(
+            !queued.may_retry(true),
+            "a refusal is returned, not retried"
+        );
         assert_eq!(queued.suggested_delay(), Some(Duration::from_millis(100)));
 
         let failed: Error = PoolError::Unavailable {
@@ -486,7 +489,10 @@ mod tests {
         ))
         .into();
         assert_eq!(oversized.category(), Category::Python);
-        assert!(!oversized.indicates_broken_worker(), "the worker is healthy");
+        assert!(
+            !oversized.indicates_broken_worker(),
+            "the worker is healthy"
+        );
         let slow: Error = WorkerError::RequestTimeout {
             worker_id: "w".into(),
             after: Duration::from_millis(150),

@@ -64,7 +64,9 @@ impl Event {
             PoolEvent::WorkerRemoved { id, pid, reason } => Self::WorkerRemoved { id, pid, reason },
             PoolEvent::SessionLost { session_id } => Self::SessionLost { session_id },
             PoolEvent::PoolFailed { cause } => Self::Failed { cause },
-            PoolEvent::WorkerRecycled { id, pid, reason } => Self::WorkerRecycled { id, pid, reason },
+            PoolEvent::WorkerRecycled { id, pid, reason } => {
+                Self::WorkerRecycled { id, pid, reason }
+            }
             PoolEvent::Revived => Self::Revived,
             _ => return None,
         })

@@ -83,7 +83,10 @@ async fn refusals_are_returned_at_once_never_retried() {
             )
             .await
             .unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(50), "not slept on");
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "not slept on"
+        );
         assert_eq!(error.category(), refusal.category());
         assert!(error.is_refusal() && error.never_ran());
         assert!(error.suggested_delay().is_some(), "{error:?}");
@@ -187,7 +190,10 @@ async fn the_breaker_opens_after_repeated_crashes_and_refuses_at_once() {
     assert!(refused.is_retryable(), "an open circuit will half-open");
     assert!(refused.is_refusal());
     let delay = refused.suggested_delay().expect("the time until the probe");
-    assert!(delay <= Duration::from_secs(60) && delay > Duration::from_secs(50), "{delay:?}");
+    assert!(
+        delay <= Duration::from_secs(60) && delay > Duration::from_secs(50),
+        "{delay:?}"
+    );
     assert_eq!(
         calls.load(Ordering::SeqCst),
         3,
@@ -249,19 +255,28 @@ async fn an_open_breaker_refuses_a_hundred_calls_at_once() {
     config.breaker.failure_threshold = 1;
     config.breaker.cooldown_ms = 60_000;
     let (dspex, calls) = flaky(1, crash(), config).await;
-    let _ = dspex.execute("p", json!({"q": "x"}), ExecuteOptions::default()).await;
+    let _ = dspex
+        .execute("p", json!({"q": "x"}), ExecuteOptions::default())
+        .await;
     assert_eq!(dspex.status().breaker.state, BreakerState::Open);
     let mut slowest = Duration::ZERO;
     for _ in 0..100 {
         let started = std::time::Instant::now();
         let error = dspex
-            .execute("p", json!({"q": "x"}), ExecuteOptions::default().idempotent())
+            .execute(
+                "p",
+                json!({"q": "x"}),
+                ExecuteOptions::default().idempotent(),
+            )
             .await
             .unwrap_err();
         slowest = slowest.max(started.elapsed());
         assert!(error.is_refusal(), "{error:?}");
     }
-    assert!(slowest < Duration::from_millis(5), "slowest refusal {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(5),
+        "slowest refusal {slowest:?}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(dspex.status().retries, 0);
     assert_eq!(dspex.status().breaker.rejected, 100);
@@ -284,7 +299,11 @@ async fn calls_beyond_max_in_flight_are_shed() {
         .await
         .unwrap();
     dspex
-        .create_program("p", Signature::parse("q: str -> a: str").unwrap(), Module::Predict)
+        .create_program(
+            "p",
+            Signature::parse("q: str -> a: str").unwrap(),
+            Module::Predict,
+        )
         .await
         .unwrap();
     let running: Vec<_> = (0..2)
@@ -330,7 +349,11 @@ async fn shutdown_refuses_new_calls_and_lets_those_in_flight_finish() {
         .await
         .unwrap();
     dspex
-        .create_program("p", Signature::parse("q: str -> a: str").unwrap(), Module::Predict)
+        .create_program(
+            "p",
+            Signature::parse("q: str -> a: str").unwrap(),
+            Module::Predict,
+        )
         .await
         .unwrap();
     let running: Vec<_> = (0..4)
@@ -362,7 +385,10 @@ async fn shutdown_refuses_new_calls_and_lets_those_in_flight_finish() {
         .unwrap_err();
     assert_eq!(refused.category(), Category::Unavailable);
     assert!(refused.to_string().contains("shutting down"), "{refused}");
-    assert!(!stopping.is_finished(), "shutdown waits for the calls in flight");
+    assert!(
+        !stopping.is_finished(),
+        "shutdown waits for the calls in flight"
+    );
     gate.add_permits(4);
     for call in running {
         assert!(call.await.unwrap().is_ok(), "a call in flight finished");

@@ -16,9 +16,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::contract::{
-    CheckinDecision, CheckoutDecision, SkipReason, checkout_decision,
-};
+use super::contract::{CheckinDecision, CheckoutDecision, SkipReason, checkout_decision};
 use super::lease::Lease;
 use super::status::{PoolCounters, PoolEvent, PoolStatus, SlotPhase};
 use super::{PoolConfig, PoolError};
@@ -272,14 +270,9 @@ impl Actor for PoolActor {
         };
         // Subscribed before the workers start: no Ready event is missed.
         let mut worker_events = args.ctx.events.subscribe();
-        let workers = super::workers::start_workers_supervisor(
-            &args.config,
-            &args.ctx,
-            &myself,
-            0,
-            &eager,
-        )
-        .await?;
+        let workers =
+            super::workers::start_workers_supervisor(&args.config, &args.ctx, &myself, 0, &eager)
+                .await?;
         args.workers.send_replace(Some(workers.clone()));
         let me = myself.clone();
         let mut tasks = vec![tokio::spawn(async move {

@@ -153,7 +153,10 @@ impl Lease {
         let mut resent = false;
         let result = loop {
             let result = self
-                .call(Command::ExecuteProgram(args(with_definition)), options.clone())
+                .call(
+                    Command::ExecuteProgram(args(with_definition)),
+                    options.clone(),
+                )
                 .await;
             let Err(WorkerError::Remote(error)) = &result else {
                 break result;

@@ -68,7 +68,11 @@ impl PoolActorState {
             && !s.overflow
             && s.replacement.is_none()
         {
-            self.recycle(myself, slot, format!("served {max} requests (max_requests)"));
+            self.recycle(
+                myself,
+                slot,
+                format!("served {max} requests (max_requests)"),
+            );
         }
     }
 

@@ -873,7 +873,10 @@ impl Pool {
     /// The shutdown proceeds if the future is dropped after the drain.
     pub async fn shutdown(&self, grace: Duration, stop_timeout: Duration) -> usize {
         if !self.drain(grace).await {
-            tracing::warn!(?grace, "shutdown: requests still in flight after the grace; stopping anyway");
+            tracing::warn!(
+                ?grace,
+                "shutdown: requests still in flight after the grace; stopping anyway"
+            );
         }
         self.inner.supervisor.stop(stop_timeout).await;
         kill_stragglers(&self.inner.run_tag)

@@ -447,7 +447,12 @@ impl PoolActorState {
         tracing::info!(attempt, "pool: reviving after failure");
         self.emit(PoolEvent::Reviving { attempt });
         let old = self.workers.clone();
-        self.past_restarts += old.status().children.iter().map(|c| c.restarts).sum::<u32>();
+        self.past_restarts += old
+            .status()
+            .children
+            .iter()
+            .map(|c| c.restarts)
+            .sum::<u32>();
         old.stop(std::time::Duration::from_secs(10)).await;
         for slot in &mut self.slots {
             if slot.overflow || slot.phase == SlotPhase::Retired {
@@ -471,14 +476,9 @@ impl PoolActorState {
             self.slots[first].phase = SlotPhase::Starting;
             eager.push((first, self.slots[first].id.clone()));
         }
-        self.workers = start_workers_supervisor(
-            &self.config,
-            &self.ctx,
-            myself,
-            self.generation,
-            &eager,
-        )
-        .await?;
+        self.workers =
+            start_workers_supervisor(&self.config, &self.ctx, myself, self.generation, &eager)
+                .await?;
         self.workers_watch.send_replace(Some(self.workers.clone()));
         Ok(())
     }

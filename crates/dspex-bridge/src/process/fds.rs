@@ -58,7 +58,11 @@ impl FdLedger {
 
     /// The recorded descriptors that are still open.
     pub fn still_open(&self) -> Vec<OpenFd> {
-        self.lock().iter().copied().filter(OpenFd::is_open).collect()
+        self.lock()
+            .iter()
+            .copied()
+            .filter(OpenFd::is_open)
+            .collect()
     }
 }
 

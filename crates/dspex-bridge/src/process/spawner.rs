@@ -152,11 +152,9 @@ fn spawn_child(command: &WorkerCommand) -> Result<Spawned, SpawnError> {
             source: io::Error::other("child has no piped stdio"),
         });
     };
-    command.fds.record([
-        stdin.as_raw_fd(),
-        stdout.as_raw_fd(),
-        stderr.as_raw_fd(),
-    ]);
+    command
+        .fds
+        .record([stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()]);
     Ok(Spawned {
         pid,
         stdin: Box::new(stdin),

@@ -489,8 +489,10 @@ impl WorkerActorState {
             self.pending.remove(&id);
             return;
         }
-        self.timers
-            .add(Instant::now() + self.config.hang_grace, Timer::HangGrace(id));
+        self.timers.add(
+            Instant::now() + self.config.hang_grace,
+            Timer::HangGrace(id),
+        );
     }
 
     fn on_hang_grace(&mut self, id: RequestId) {

@@ -172,8 +172,13 @@ impl WorkerHandle {
         &self,
         command: Command,
         options: CallOptions,
-    ) -> Result<(oneshot::Receiver<Result<Value, WorkerError>>, oneshot::Receiver<()>), WorkerError>
-    {
+    ) -> Result<
+        (
+            oneshot::Receiver<Result<Value, WorkerError>>,
+            oneshot::Receiver<()>,
+        ),
+        WorkerError,
+    > {
         let (settled_tx, settled) = oneshot::channel();
         let answer = self.submit(command, options, Some(settled_tx))?;
         Ok((answer, settled))

@@ -199,9 +199,7 @@ impl Adapter for PoolAdapter {
                     Ok(serde_json::json!({"status": "configured", "generation": generation}))
                 }
                 Operation::CreateProgram(program) => {
-                    let version = pool
-                        .create_program((*program.definition).clone())
-                        .await?;
+                    let version = pool.create_program((*program.definition).clone()).await?;
                     Ok(serde_json::json!({"program_id": version.id(), "hash": version.hash}))
                 }
                 // The handle's store is the only one; workers forget a

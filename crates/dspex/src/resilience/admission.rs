@@ -156,8 +156,8 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
-        let service = AdmissionLayer::new(Arc::clone(&gate)).layer(tower::service_fn(
-            move |(): ()| {
+        let service =
+            AdmissionLayer::new(Arc::clone(&gate)).layer(tower::service_fn(move |(): ()| {
                 let released = Arc::clone(&released);
                 async move {
                     if let Some(wait) = released.lock().await.take() {
@@ -165,8 +165,7 @@ mod tests {
                     }
                     Ok::<_, Error>(7)
                 }
-            },
-        ));
+            }));
         let running = tokio::spawn(service.clone().oneshot(()));
         until(|| gate.in_flight() == 1).await;
         gate.close();
@@ -176,7 +175,11 @@ mod tests {
         assert!(!gate.drained(Duration::from_millis(20)).await);
         release.send(()).unwrap();
         assert!(gate.drained(Duration::from_secs(5)).await);
-        assert_eq!(running.await.unwrap().unwrap(), 7, "the call in flight finished");
+        assert_eq!(
+            running.await.unwrap().unwrap(),
+            7,
+            "the call in flight finished"
+        );
     }
 
     pub(crate) async fn until(mut condition: impl FnMut() -> bool) {

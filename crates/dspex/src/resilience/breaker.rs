@@ -383,20 +383,21 @@ mod tests {
     #[tokio::test]
     async fn the_layer_refuses_at_once_while_open_and_releases_dropped_probes() {
         let breaker = breaker(1, Duration::ZERO);
-        let fail = BreakerLayer::new(Arc::clone(&breaker)).layer(tower::service_fn(
-            |(): ()| async { Err::<(), _>(crash()) },
-        ));
+        let fail = BreakerLayer::new(Arc::clone(&breaker))
+            .layer(tower::service_fn(|(): ()| async { Err::<(), _>(crash()) }));
         assert!(fail.clone().oneshot(()).await.is_err());
         assert_eq!(breaker.status().trips, 1);
-        let hang = BreakerLayer::new(Arc::clone(&breaker)).layer(tower::service_fn(
-            |(): ()| std::future::pending::<Result<(), Error>>(),
-        ));
+        let hang = BreakerLayer::new(Arc::clone(&breaker)).layer(tower::service_fn(|(): ()| {
+            std::future::pending::<Result<(), Error>>()
+        }));
         // The probe's future is dropped by a timeout around it.
         let dropped = tokio::time::timeout(Duration::from_millis(5), hang.oneshot(())).await;
         assert!(dropped.is_err());
         let ok = BreakerLayer::new(Arc::clone(&breaker))
             .layer(tower::service_fn(|(): ()| async { Ok::<_, Error>(()) }));
-        ok.oneshot(()).await.expect("the next call probes and closes it");
+        ok.oneshot(())
+            .await
+            .expect("the next call probes and closes it");
         assert_eq!(breaker.status().state, BreakerState::Closed);
     }
 }

@@ -57,7 +57,11 @@ pub(crate) fn stack(parts: StackParts, adapter: AdapterService) -> ExecuteStack 
     let limited = ServiceBuilder::new()
         .map_err(load_shed_error)
         .load_shed()
-        .option_layer(parts.max_in_flight.map(tower::limit::ConcurrencyLimitLayer::new))
+        .option_layer(
+            parts
+                .max_in_flight
+                .map(tower::limit::ConcurrencyLimitLayer::new),
+        )
         .service(adapter);
     let service = ServiceBuilder::new()
         .layer(AdmissionLayer::new(parts.gate))

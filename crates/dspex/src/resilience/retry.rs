@@ -239,16 +239,25 @@ mod tests {
             retry_after: Duration::from_millis(100),
         };
         assert!(!policy.should_retry(1, &full, true), "a refusal");
-        assert!(!policy.should_retry(1, &crash(), false), "a crash may have run it");
+        assert!(
+            !policy.should_retry(1, &crash(), false),
+            "a crash may have run it"
+        );
         assert!(policy.should_retry(1, &crash(), true));
-        assert!(!policy.should_retry(3, &crash(), true), "attempts are bounded");
+        assert!(
+            !policy.should_retry(3, &crash(), true),
+            "attempts are bounded"
+        );
         let invalid = Error::validation("input", Some("q".into()), "missing");
         assert!(!policy.should_retry(1, &invalid, true));
         let late = Error::Timeout {
             deadline: Deadline::Request,
             after: Duration::from_secs(1),
         };
-        assert!(!policy.should_retry(1, &late, true), "the deadline is spent");
+        assert!(
+            !policy.should_retry(1, &late, true),
+            "the deadline is spent"
+        );
     }
 
     type Failing = tower::util::BoxCloneService<ExecuteRequest, Executed, Error>;
@@ -277,7 +286,11 @@ mod tests {
         let (service, calls) = failing(crash());
         let service = RetryLayer::new(retrying.clone()).layer(service);
         assert!(service.oneshot(ExecuteRequest::test()).await.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "not idempotent: not retried");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "not idempotent: not retried"
+        );
     }
 
     #[tokio::test]
@@ -291,7 +304,10 @@ mod tests {
         let (service, calls) = failing(crash());
         let service = RetryLayer::new(retrying.clone()).layer(service);
         for _ in 0..500 {
-            let _ = service.clone().oneshot(ExecuteRequest::test().idempotent()).await;
+            let _ = service
+                .clone()
+                .oneshot(ExecuteRequest::test().idempotent())
+                .await;
         }
         let attempts = calls.load(Ordering::SeqCst);
         assert!(attempts <= 600, "{attempts} attempts for 500 requests");
