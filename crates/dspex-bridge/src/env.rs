@@ -84,7 +84,7 @@ pub struct PythonEnv {
 pub enum EnvError {
     /// The interpreter does not exist or cannot be run.
     #[error(
-        "cannot run the Python interpreter `{path}`: {source}; install Python 3.10 or newer, \
+        "cannot run the Python interpreter `{path}`: {source}; install Python 3.11 or newer, \
          or point DSPEX_PYTHON at an interpreter that has dspy and msgpack"
     )]
     PythonNotFound {

@@ -377,15 +377,15 @@ impl Fake {
                 format!("no program {program_id:?} on this worker"),
             ));
         };
-        if let Some(lm_id) = args.get("lm_id").and_then(Value::as_str) {
-            if self.with_state(|s| !s.named_lms.contains_key(lm_id)) {
-                let mut error = RemoteError::new(
-                    ErrorKind::LmNotConfigured,
-                    format!("no LM registered as {lm_id:?}"),
-                );
-                error.details = Some(json!({"lm_id": lm_id, "reason": "unknown_lm_id"}));
-                return Err(error);
-            }
+        if let Some(lm_id) = args.get("lm_id").and_then(Value::as_str)
+            && self.with_state(|s| !s.named_lms.contains_key(lm_id))
+        {
+            let mut error = RemoteError::new(
+                ErrorKind::LmNotConfigured,
+                format!("no LM registered as {lm_id:?}"),
+            );
+            error.details = Some(json!({"lm_id": lm_id, "reason": "unknown_lm_id"}));
+            return Err(error);
         }
         let override_lm = args
             .get("lm")

@@ -428,8 +428,9 @@ impl PoolActorState {
             }
         }
         self.failed = Some(cause.clone());
-        self.emit(PoolEvent::PoolFailed { cause });
+        // Scheduled first: the status that says Failed says when it retries.
         self.schedule_revive(myself);
+        self.emit(PoolEvent::PoolFailed { cause });
     }
 
     /// Starts the workers afresh under a new supervisor (a new restart
@@ -512,7 +513,10 @@ impl PoolActorState {
 
     // --- observation ----------------------------------------------------------------------
 
-    pub(super) fn emit(&self, event: PoolEvent) {
+    /// Publishes the status, then the event: a subscriber that has seen an
+    /// event and then reads the status sees that change or a later one.
+    pub(super) fn emit(&mut self, event: PoolEvent) {
+        self.publish();
         let _ = self.events.send(event);
     }
 

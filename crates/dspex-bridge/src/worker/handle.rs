@@ -36,6 +36,13 @@ pub enum OnHang {
     Report,
 }
 
+/// Where a call's reply arrives.
+pub type Reply = oneshot::Receiver<Result<Value, WorkerError>>;
+
+/// Resolves once the worker owes no reply for a request: `Ok` when it
+/// answered, `Err` when it never will.
+pub type Settled = oneshot::Receiver<()>;
+
 /// A cloneable handle to one worker actor.
 #[derive(Debug, Clone)]
 pub struct WorkerHandle {
@@ -172,13 +179,7 @@ impl WorkerHandle {
         &self,
         command: Command,
         options: CallOptions,
-    ) -> Result<
-        (
-            oneshot::Receiver<Result<Value, WorkerError>>,
-            oneshot::Receiver<()>,
-        ),
-        WorkerError,
-    > {
+    ) -> Result<(Reply, Settled), WorkerError> {
         let (settled_tx, settled) = oneshot::channel();
         let answer = self.submit(command, options, Some(settled_tx))?;
         Ok((answer, settled))

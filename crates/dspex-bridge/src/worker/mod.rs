@@ -52,7 +52,7 @@ use std::time::Duration;
 use dspex_protocol::{DEFAULT_MAX_FRAME, Ready};
 
 pub use actor::{Worker, WorkerArgs, WorkerMsg};
-pub use handle::{CallOptions, OnHang, WorkerHandle};
+pub use handle::{CallOptions, OnHang, Reply, Settled, WorkerHandle};
 
 use crate::process::{Exit, StopGrace};
 
