@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use dspex::resilience::BreakerState;
-use dspex::{Category, Dspex, ExecuteOptions, ModeSetting, Module, Signature};
-use dspex_tests::service::{Service, config, slow_lm};
+use dspex::{Category, Dspex, ExecuteOptions, ModeSetting};
+use dspex_tests::service::{Service, config, create_qa, slow_lm};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -24,15 +24,7 @@ async fn service(cooldown: Duration) -> Service {
     config.restart.max_restarts = 100;
     let service = Service::start(config).await.unwrap();
     service.dspex.configure_lm(slow_lm(2_000)).await.unwrap();
-    service
-        .dspex
-        .create_program(
-            "qa",
-            Signature::parse("q: str -> a: str").unwrap(),
-            Module::Predict,
-        )
-        .await
-        .unwrap();
+    create_qa(&service.dspex).await;
     service
 }
 
@@ -177,5 +169,9 @@ async fn s37_a_dropped_probe_does_not_wedge_the_breaker() {
             .unwrap();
     }
     assert_eq!(dspex.status().breaker.rejected, rejected, "0 refused after");
+    println!(
+        "s37: probe dropped at 50 ms; the next call probed and closed the breaker; \
+         0 of 10 later calls refused"
+    );
     service.finish().await;
 }

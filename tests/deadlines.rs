@@ -16,7 +16,7 @@ use dspex::bridge::worker::WorkerEvent;
 use dspex::protocol::Command;
 use dspex::{Category, Deadline, Error, ExecuteOptions, ModeSetting, Module, Signature};
 use dspex_testkit::{TestTree, poll_until, wait_event};
-use dspex_tests::service::{Service, config, slow_lm};
+use dspex_tests::service::{Service, config, create_qa, slow_lm};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -286,14 +286,7 @@ async fn a_timeout_through_the_api_is_typed_and_not_retried() {
     let service = Service::start(config(ModeSetting::Single)).await.unwrap();
     let dspex = &service.dspex;
     dspex.configure_lm(slow_lm(2_000)).await.unwrap();
-    dspex
-        .create_program(
-            "qa",
-            Signature::parse("q: str -> a: str").unwrap(),
-            Module::Predict,
-        )
-        .await
-        .unwrap();
+    create_qa(dspex).await;
     let error = dspex
         .execute(
             "qa",

@@ -7,10 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use dspex::{
-    AdapterKind, Category, Dspex, ExecuteOptions, LmConfig, ModeSetting, Module, Signature,
-};
-use dspex_tests::service::{Service, config, slow_lm};
+use dspex::{AdapterKind, Category, Dspex, ExecuteOptions, ModeSetting};
+use dspex_tests::service::{Service, config, create_qa, slow_lm, spawn_calls, wait_in_flight};
 use serde_json::json;
 
 const LATENCY_MS: u64 = 1_000;
@@ -19,33 +17,9 @@ const LATENCY_MS: u64 = 1_000;
 /// run, shuts down, and checks: all ok, new calls refused at once, and the
 /// shutdown took about one second plus the workers' stop.
 async fn shutdown_with_calls_in_flight(dspex: &Dspex, label: &str, in_flight: usize) {
-    dspex
-        .create_program(
-            "qa",
-            Signature::parse("q: str -> a: str").unwrap(),
-            Module::Predict,
-        )
-        .await
-        .unwrap();
-    let calls: Vec<_> = (0..in_flight)
-        .map(|n| {
-            let dspex = dspex.clone();
-            tokio::spawn(async move {
-                dspex
-                    .execute(
-                        "qa",
-                        json!({"q": format!("q{n}")}),
-                        ExecuteOptions::default(),
-                    )
-                    .await
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while dspex.status().in_flight < in_flight {
-        assert!(Instant::now() < deadline, "{label}: calls never in flight");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    create_qa(dspex).await;
+    let calls = spawn_calls(dspex, in_flight, &ExecuteOptions::default());
+    wait_in_flight(dspex, in_flight).await;
     let stopping = Instant::now();
     let shutdown = {
         let dspex = dspex.clone();
@@ -125,11 +99,7 @@ async fn s36_bridge_mock_shutdown_lets_its_calls_in_flight_finish() {
         .adapter(AdapterKind::BridgeMock)
         .pool_size(2)
         .per_worker_concurrency(2)
-        .lm({
-            let mut lm = LmConfig::dummy();
-            lm.extra.insert("latency_ms".into(), LATENCY_MS.into());
-            lm
-        })
+        .lm(slow_lm(LATENCY_MS))
         .start()
         .await
         .unwrap();

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use dspex::{Category, ExecuteOptions, ModeSetting, Module, Signature};
-use dspex_tests::service::{Service, config, slow_lm};
+use dspex::{Category, ExecuteOptions, ModeSetting};
+use dspex_tests::service::{Service, config, create_qa, slow_lm};
 use serde_json::json;
 
 const CALLERS: usize = 500;
@@ -19,14 +19,7 @@ async fn s39_overload_is_refused_not_multiplied() {
     let service = Service::start(config).await.unwrap();
     let dspex = &service.dspex;
     dspex.configure_lm(slow_lm(50)).await.unwrap();
-    dspex
-        .create_program(
-            "qa",
-            Signature::parse("q: str -> a: str").unwrap(),
-            Module::Predict,
-        )
-        .await
-        .unwrap();
+    create_qa(dspex).await;
     let before = service.pool().status().counters;
     let deepest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let watcher = {

@@ -3,51 +3,17 @@
 //! and sent to a worker once per LM (generation, or per-call override), not
 //! with every request.
 
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dspex::config::LmSettings;
 use dspex::protocol::Command;
-use dspex::{Dspex, ExecuteOptions, LmConfig, ModeSetting, Module, Secret, Signature};
-use dspex_tests::service::{Service, config};
+use dspex::{Dspex, ExecuteOptions, LmConfig, ModeSetting, Secret};
+use dspex_tests::logs;
+use dspex_tests::service::{Service, config, create_qa};
 use serde_json::json;
 
 const KEY: &str = "sk-dspex-test-5c1e9d0a7f3b4e21";
 const OVERRIDE_KEY: &str = "sk-dspex-override-8d2f6b1c9e0a";
-
-type Logs = Arc<Mutex<String>>;
-
-/// Keeps every log line of this test binary, at every level.
-fn capture_logs() -> Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Logs::default();
-        let sink = logs.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("trace")
-            .with_ansi(false)
-            .with_writer(move || Writer(sink.clone()))
-            .try_init();
-        logs
-    })
-    .clone()
-}
-
-struct Writer(Logs);
-
-impl std::io::Write for Writer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap()
-            .push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// An LM that is a real provider model pointed at a closed loopback port:
 /// configuring it builds a `dspy.LM`, calling it fails fast.
@@ -62,7 +28,7 @@ fn provider(key: &str) -> LmConfig {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn api_keys_never_reach_a_log_and_cross_the_pipe_once() {
-    let logs = capture_logs();
+    let logs = logs::capture("trace");
     let mut config = config(ModeSetting::Single);
     config
         .worker_env
@@ -84,14 +50,7 @@ async fn api_keys_never_reach_a_log_and_cross_the_pipe_once() {
 
     let service = Service::start(config).await.unwrap();
     let dspex = &service.dspex;
-    dspex
-        .create_program(
-            "qa",
-            Signature::parse("q: str -> a: str").unwrap(),
-            Module::Predict,
-        )
-        .await
-        .unwrap();
+    create_qa(dspex).await;
     let quick = ExecuteOptions::default().timeout(Duration::from_secs(20));
     for n in 0..3 {
         let error = dspex

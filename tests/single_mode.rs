@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use dspex::{Category, ExecuteOptions, ModeSetting, Module, Signature};
-use dspex_tests::service::{Service, config, slow_lm};
+use dspex::{Category, ExecuteOptions, ModeSetting};
+use dspex_tests::service::{Service, config, create_qa, slow_lm, spawn_calls};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -14,15 +14,7 @@ async fn single(change: impl FnOnce(&mut dspex::Config)) -> Service {
     let mut config = config(ModeSetting::Single);
     change(&mut config);
     let service = Service::start(config).await.unwrap();
-    service
-        .dspex
-        .create_program(
-            "qa",
-            Signature::parse("q: str -> a: str").unwrap(),
-            Module::Predict,
-        )
-        .await
-        .unwrap();
+    create_qa(&service.dspex).await;
     service
 }
 
@@ -35,20 +27,7 @@ async fn the_queue_bound_and_the_concurrency_hold_in_single_mode() {
     .await;
     let dspex = &service.dspex;
     dspex.configure_lm(slow_lm(500)).await.unwrap();
-    let calls: Vec<_> = (0..10)
-        .map(|n| {
-            let dspex = dspex.clone();
-            tokio::spawn(async move {
-                dspex
-                    .execute(
-                        "qa",
-                        json!({"q": format!("q{n}")}),
-                        ExecuteOptions::default(),
-                    )
-                    .await
-            })
-        })
-        .collect();
+    let calls = spawn_calls(dspex, 10, &ExecuteOptions::default());
     let mut peak_leases = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !calls.iter().all(|c| c.is_finished()) {

@@ -438,7 +438,7 @@ async fn s13_garbage_frame_discards_the_worker() {
 /// (with its worker id), never in the protocol stream.
 #[tokio::test(flavor = "multi_thread")]
 async fn s10_stdout_writes_do_not_corrupt_the_protocol() {
-    let logs = capture_logs();
+    let logs = dspex_tests::logs::capture("dspex=debug");
     let (tree, _) = tree(TestTree::builder()).await;
     let worker = tree.ready(BOOT).await.unwrap();
     let marker = format!("marker-{}", worker.pid());
@@ -490,39 +490,4 @@ async fn s25_stderr_flood_is_drained_without_stalling() {
     assert_eq!(tree.worker_pid(), Some(pid));
     assert_eq!(tree.restarts(), 0);
     tree.finish().await;
-}
-
-type Logs = std::sync::Arc<std::sync::Mutex<String>>;
-
-/// Installs (once per test binary) a subscriber that keeps every log line.
-fn capture_logs() -> Logs {
-    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Logs::default();
-        let sink = logs.clone();
-        let make_writer = move || LogWriter(sink.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("dspex=debug")
-            .with_ansi(false)
-            .with_writer(make_writer)
-            .try_init();
-        logs
-    })
-    .clone()
-}
-
-struct LogWriter(Logs);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap()
-            .push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -12,5 +12,6 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+pub mod logs;
 pub mod pool;
 pub mod service;

@@ -134,3 +134,42 @@ impl Service {
         report
     }
 }
+
+/// Creates the program `qa` (`q: str -> a: str`, `predict`) the service
+/// tests run.
+pub async fn create_qa(dspex: &Dspex) {
+    let signature = dspex::Signature::parse("q: str -> a: str").expect("a signature");
+    dspex
+        .create_program("qa", signature, dspex::Module::Predict)
+        .await
+        .expect("program qa");
+}
+
+/// Starts `n` calls of `qa` in the background (inputs `q0`, `q1`, ...).
+pub fn spawn_calls(
+    dspex: &Dspex,
+    n: usize,
+    options: &dspex::ExecuteOptions,
+) -> Vec<tokio::task::JoinHandle<dspex::Result<dspex::Prediction>>> {
+    (0..n)
+        .map(|i| {
+            let dspex = dspex.clone();
+            let options = options.clone();
+            tokio::spawn(async move {
+                dspex
+                    .execute("qa", serde_json::json!({"q": format!("q{i}")}), options)
+                    .await
+            })
+        })
+        .collect()
+}
+
+/// Waits (polling the handle's status, with a deadline) until `n` calls are
+/// in flight through it.
+pub async fn wait_in_flight(dspex: &Dspex, n: usize) {
+    dspex_testkit::poll_until(Duration::from_secs(10), "calls in flight", || {
+        dspex.status().in_flight >= n
+    })
+    .await
+    .expect("calls in flight");
+}

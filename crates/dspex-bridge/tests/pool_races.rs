@@ -1,7 +1,9 @@
-//! The pool's races on in-process fake workers: the hand-off/timeout race
-//! (scenario 6), callers dropped mid-request (scenario 8), and concurrent
-//! operations without deadlock (scenario 33, lightly). The counts of the
-//! contract are behind environment variables (see the harness).
+//! The pool's races: the hand-off/timeout race (scenario 6), callers
+//! dropped mid-request (scenario 8), and concurrent operations without
+//! deadlock (scenario 33, lightly). Each of 6 and 8 runs twice: on
+//! in-process fake workers with the contract's counts (behind environment
+//! variables, see the harness), and on real Python workers with counts CI
+//! can afford (`DSPEX_REAL_RACE_ITERATIONS`, `DSPEX_REAL_DROP_CALLERS`).
 
 mod pool_harness;
 
@@ -23,6 +25,19 @@ use pool_harness::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_6_a_worker_handed_to_a_caller_that_gave_up_goes_straight_back() {
     let (pool, _spawner) = start_pool(2).await;
+    handed_back(&pool).await;
+    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_6_on_real_workers_a_worker_handed_to_a_caller_that_gave_up_goes_straight_back() {
+    let pool = start_real_pool(2).await;
+    handed_back(&pool).await;
+    finish(pool).await;
+}
+
+async fn handed_back(pool: &Pool) {
     let pids = pool.status().pids();
     let mut leases = vec![
         pool.checkout(within(PATIENCE)).await.unwrap(),
@@ -32,7 +47,7 @@ async fn scenario_6_a_worker_handed_to_a_caller_that_gave_up_goes_straight_back(
         let pool = pool.clone();
         async move { pool.checkout(within(Duration::from_millis(250))).await }
     });
-    wait_until(&pool, "the caller queued", |s| s.queued == 1).await;
+    wait_until(pool, "the caller queued", |s| s.queued == 1).await;
 
     // The check-in reaches the pool only after the caller's deadline passed.
     let resume = pool.pause().unwrap();
@@ -74,27 +89,38 @@ async fn scenario_6_a_worker_handed_to_a_caller_that_gave_up_goes_straight_back(
         .await
         .expect("the returned worker serves the next caller");
     drop((lease, leases));
-    let status = wait_until(&pool, "all back", |s| s.idle == 2).await;
+    let status = wait_until(pool, "all back", |s| s.idle == 2).await;
     assert_at_rest(&status, 2);
-    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
-        .await;
 }
 
 /// Callers whose checkout timeout is about the service time of the callers
 /// before them: workers come back just as their callers give up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_6_randomised_timeouts_about_the_service_time_leak_nothing() {
-    const SIZE: usize = 4;
+    let (pool, _spawner) = start_pool(4).await;
     let iterations = env_usize("DSPEX_POOL_RACE_ITERATIONS", 2_000);
-    let mut rng = Rng::from_env("scenario_6_randomised");
-    let (pool, _spawner) = start_pool(SIZE).await;
+    randomised_timeouts(&pool, 4, iterations, "scenario_6_randomised").await;
+    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_6_on_real_workers_randomised_timeouts_leak_nothing() {
+    let pool = start_real_pool(4).await;
+    let iterations = env_usize("DSPEX_REAL_RACE_ITERATIONS", 1_000);
+    randomised_timeouts(&pool, 4, iterations, "scenario_6_real").await;
+    finish(pool).await;
+}
+
+async fn randomised_timeouts(pool: &Pool, size: usize, iterations: usize, seed: &str) {
+    let mut rng = Rng::from_env(seed);
     let pids = pool.status().pids();
     let (mut served, mut timed_out) = (0u64, 0u64);
     let started = Instant::now();
     for iteration in 0..iterations {
         let service = 1 + rng.below(4);
         let mut holders = Vec::new();
-        for _ in 0..SIZE {
+        for _ in 0..size {
             let lease = pool.checkout(within(PATIENCE)).await.unwrap();
             holders.push(tokio::spawn(async move {
                 let mut lease = lease;
@@ -134,7 +160,7 @@ async fn scenario_6_randomised_timeouts_about_the_service_time_leak_nothing() {
             .unwrap_or_else(|_| panic!("iteration {iteration} hung: {:#?}", pool.status()));
         pool.settled().await;
         let status = pool.status();
-        assert_at_rest(&status, SIZE);
+        assert_at_rest(&status, size);
         assert_eq!(status.restarts, 0, "iteration {iteration}: {status:#?}");
         assert_eq!(status.counters.removed, 0, "{status:#?}");
         assert_eq!(
@@ -145,7 +171,7 @@ async fn scenario_6_randomised_timeouts_about_the_service_time_leak_nothing() {
     }
     let cancelled = pool.status().counters.cancelled;
     eprintln!(
-        "scenario 6: {iterations} iterations in {:?}; {served} waiters served, {timed_out} timed out \
+        "{seed}: {iterations} iterations in {:?}; {served} waiters served, {timed_out} timed out \
          ({cancelled} taken back by the pool, {} after their lease was already sent)",
         started.elapsed(),
         timed_out - cancelled.min(timed_out),
@@ -161,8 +187,6 @@ async fn scenario_6_randomised_timeouts_about_the_service_time_leak_nothing() {
         iterations < 50 || (served > 0 && timed_out > 0),
         "the race was not exercised"
     );
-    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
-        .await;
 }
 
 // --- scenario 8: callers dropped mid-request -----------------------------------------------
@@ -214,11 +238,24 @@ async fn caller(pool: Pool, token: u64, nap: u64, tally: Arc<Tally>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_8_callers_dropped_mid_request_never_get_or_cause_a_wrong_reply() {
-    const SIZE: usize = 4;
-    const BATCH: u64 = 8;
+    let (pool, _spawner) = start_pool(4).await;
     let callers = env_usize("DSPEX_POOL_DROP_CALLERS", 5_000) as u64;
-    let mut rng = Rng::from_env("scenario_8");
-    let (pool, _spawner) = start_pool(SIZE).await;
+    dropped_callers(&pool, 4, callers, "scenario_8").await;
+    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_8_on_real_workers_dropped_callers_never_get_a_wrong_reply() {
+    let pool = start_real_pool(4).await;
+    let callers = env_usize("DSPEX_REAL_DROP_CALLERS", 3_000) as u64;
+    dropped_callers(&pool, 4, callers, "scenario_8_real").await;
+    finish(pool).await;
+}
+
+async fn dropped_callers(pool: &Pool, size: usize, callers: u64, seed: &str) {
+    const BATCH: u64 = 8;
+    let mut rng = Rng::from_env(seed);
     let pids = pool.status().pids();
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
@@ -252,15 +289,15 @@ async fn scenario_8_callers_dropped_mid_request_never_get_or_cause_a_wrong_reply
             .await
             .unwrap_or_else(|_| panic!("callers hung: {:#?}", pool.status()));
         // Drained workers come back by themselves.
-        let status = wait_until(&pool, "drains done", |s| s.idle == SIZE).await;
-        assert_at_rest(&status, SIZE);
+        let status = wait_until(pool, "drains done", |s| s.idle == size).await;
+        assert_at_rest(&status, size);
         assert_eq!(status.restarts, 0, "{status:#?}");
         assert_eq!(status.pids(), pids, "a worker was replaced");
     }
     let status = pool.status();
     let delivered = tally.delivered.load(Ordering::Relaxed);
     eprintln!(
-        "scenario 8: {callers} callers in {:?}; {delivered} delivered, {} drained, {} cancelled while queued",
+        "{seed}: {callers} callers in {:?}; {delivered} delivered, {} drained, {} cancelled while queued",
         started.elapsed(),
         status.counters.drained,
         status.counters.cancelled
@@ -276,8 +313,6 @@ async fn scenario_8_callers_dropped_mid_request_never_get_or_cause_a_wrong_reply
         "no drop hit a request in flight"
     );
     assert!(delivered > 0 && delivered < callers, "drops did not vary");
-    pool.shutdown(Duration::from_secs(2), Duration::from_secs(2))
-        .await;
 }
 
 // --- scenario 33, lightly: concurrent operations -------------------------------------------

@@ -109,6 +109,14 @@ pub(crate) struct Checkin {
     pub(crate) decision: CheckinDecision,
 }
 
+/// How a worker is taken out of service.
+enum TakeOut {
+    /// It is broken: a crash, counted against the restart budget.
+    Broken,
+    /// The pool decided it: replaced outside the budget.
+    Decided,
+}
+
 /// Where a session's worker is.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Affinity {
@@ -727,29 +735,34 @@ impl PoolActorState {
     /// Takes a worker out of service as broken: it is killed (a crash: it
     /// counts against the restart budget), and its supervisor restarts it.
     pub(super) fn remove(&mut self, slot: usize, reason: String) {
-        self.counters.removed += 1;
-        let s = &mut self.slots[slot];
-        tracing::warn!(worker = %s.id, pid = s.pid, %reason, "pool: removing worker");
-        if let Some(worker) = &s.worker {
-            worker.kill(reason.clone());
-        }
-        let pid = s.pid;
-        let id = s.id.clone();
-        self.slot_down(slot);
-        self.emit(PoolEvent::WorkerRemoved { id, pid, reason });
+        self.take_out(slot, reason, TakeOut::Broken);
     }
 
     /// Takes a worker out of service on the pool's own decision: it is
     /// killed and replaced at once, outside the restart budget.
     pub(super) fn replace(&mut self, slot: usize, reason: String) {
-        self.counters.replaced += 1;
+        self.take_out(slot, reason, TakeOut::Decided);
+    }
+
+    fn take_out(&mut self, slot: usize, reason: String, how: TakeOut) {
         let s = &mut self.slots[slot];
-        tracing::info!(worker = %s.id, pid = s.pid, %reason, "pool: replacing worker");
-        if let Some(worker) = &s.worker {
-            worker.replace(reason.clone());
+        match how {
+            TakeOut::Broken => {
+                self.counters.removed += 1;
+                tracing::warn!(worker = %s.id, pid = s.pid, %reason, "pool: removing worker");
+                if let Some(worker) = &s.worker {
+                    worker.kill(reason.clone());
+                }
+            }
+            TakeOut::Decided => {
+                self.counters.replaced += 1;
+                tracing::info!(worker = %s.id, pid = s.pid, %reason, "pool: replacing worker");
+                if let Some(worker) = &s.worker {
+                    worker.replace(reason.clone());
+                }
+            }
         }
-        let pid = s.pid;
-        let id = s.id.clone();
+        let (id, pid) = (s.id.clone(), s.pid);
         self.slot_down(slot);
         self.emit(PoolEvent::WorkerRemoved { id, pid, reason });
     }

@@ -91,14 +91,12 @@ pub fn fake_python() -> PythonEnv {
     }
 }
 
-/// A pool of `size` fakes that restarts without delay and never runs out of
-/// restarts, with the health monitor out of the way.
-pub async fn start_pool(size: usize) -> (Pool, Arc<SignalSpawner>) {
-    let spawner = Arc::new(SignalSpawner::default());
-    let config = PoolConfig {
+/// The configuration of the race and model pools: restarts without delay
+/// and never runs out of them, the health monitor out of the way.
+fn race_config(size: usize) -> PoolConfig {
+    PoolConfig {
         name: "model".into(),
         size,
-        spawner: Some(Arc::clone(&spawner) as Arc<dyn SpawnStrategy>),
         sweep_orphans: false,
         intensity: RestartIntensity {
             max_restarts: u32::MAX,
@@ -112,6 +110,16 @@ pub async fn start_pool(size: usize) -> (Pool, Arc<SignalSpawner>) {
         },
         checkout_timeout: PATIENCE,
         ..PoolConfig::default()
+    }
+}
+
+/// A pool of `size` fakes (see [`race_config`]), and the spawner whose
+/// signals the test controls.
+pub async fn start_pool(size: usize) -> (Pool, Arc<SignalSpawner>) {
+    let spawner = Arc::new(SignalSpawner::default());
+    let config = PoolConfig {
+        spawner: Some(Arc::clone(&spawner) as Arc<dyn SpawnStrategy>),
+        ..race_config(size)
     };
     let pool = Pool::start_on(config, fake_python())
         .await
@@ -121,6 +129,55 @@ pub async fn start_pool(size: usize) -> (Pool, Arc<SignalSpawner>) {
     })
     .await;
     (pool, spawner)
+}
+
+/// The same pool on real Python workers (the managed environment, fault
+/// commands on, DSPy imported lazily).
+pub async fn start_real_pool(size: usize) -> Pool {
+    let python = tokio::task::spawn_blocking(|| {
+        PythonEnv::resolve(&dspex_bridge::PythonConfig {
+            managed_only: true,
+            test_extras: true,
+            ..dspex_bridge::PythonConfig::default()
+        })
+    })
+    .await
+    .unwrap()
+    .expect("the managed Python");
+    let config = PoolConfig {
+        name: format!("real{}", std::process::id()),
+        env: vec![
+            ("DSPEX_TEST_FAULTS".into(), "1".into()),
+            ("DSPEX_LAZY_DSPY".into(), "1".into()),
+        ],
+        ..race_config(size)
+    };
+    let pool = Pool::start_on(config, python).await.expect("pool starts");
+    let mut watch = pool.status_watch();
+    tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|s| s.idle == size))
+        .await
+        .expect("real workers ready")
+        .unwrap();
+    pool.settled().await;
+    pool
+}
+
+/// Shuts a pool down and checks no process of it is left.
+pub async fn finish(pool: Pool) {
+    let stragglers = pool
+        .shutdown(Duration::from_secs(2), Duration::from_secs(10))
+        .await;
+    assert_eq!(stragglers, 0, "processes outlived the pool");
+    let deadline = Instant::now() + PATIENCE;
+    while !dspex_bridge::process::tagged_processes(pool.run_tag()).is_empty()
+        || !pool.fds().still_open().is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the pool left processes or pipes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits (without sleeping) until the pool's status satisfies `ready`, then

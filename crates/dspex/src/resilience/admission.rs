@@ -2,15 +2,12 @@
 //! [`Gate`] closes; then they are refused at once. The calls in flight are
 //! counted, so a graceful shutdown waits for exactly those.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tower::{Layer, Service};
 
+use super::guard::{Guard, GuardLayer, Guarded};
 use crate::error::Error;
 
 /// Admits calls until closed, and counts those in flight.
@@ -83,73 +80,37 @@ impl Drop for InFlight {
     }
 }
 
-/// The layer of [`Admission`].
-#[derive(Debug, Clone)]
-pub struct AdmissionLayer {
-    gate: Arc<Gate>,
-}
+/// The gate as a [`Guard`]: refuses at once once closed, counts the calls
+/// it let in while they run.
+impl Guard for Gate {
+    type Ticket = InFlight;
 
-impl AdmissionLayer {
-    /// Admits through `gate`.
-    pub fn new(gate: Arc<Gate>) -> Self {
-        Self { gate }
-    }
-}
-
-impl<S> Layer<S> for AdmissionLayer {
-    type Service = Admission<S>;
-
-    fn layer(&self, inner: S) -> Admission<S> {
-        Admission {
-            gate: Arc::clone(&self.gate),
-            inner,
+    fn ready(&self) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::shutting_down());
         }
+        Ok(())
+    }
+
+    fn enter(self: &Arc<Self>) -> Result<InFlight, Error> {
+        self.admit()
+    }
+
+    fn leave<T>(in_flight: InFlight, _result: &Result<T, Error>) {
+        drop(in_flight);
     }
 }
+
+/// The layer of [`Admission`].
+pub type AdmissionLayer = GuardLayer<Gate>;
 
 /// Refuses calls once its gate is closed; counts the others while they run.
-#[derive(Debug, Clone)]
-pub struct Admission<S> {
-    gate: Arc<Gate>,
-    inner: S,
-}
-
-impl<S, R> Service<R> for Admission<S>
-where
-    S: Service<R, Error = Error>,
-    S::Response: Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.gate.is_closed() {
-            return Poll::Ready(Err(Error::shutting_down()));
-        }
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        match self.gate.admit() {
-            Ok(guard) => {
-                let future = self.inner.call(request);
-                Box::pin(async move {
-                    let result = future.await;
-                    drop(guard);
-                    result
-                })
-            }
-            Err(error) => Box::pin(std::future::ready(Err(error))),
-        }
-    }
-}
+pub type Admission<S> = Guarded<Gate, S>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt;
+    use tower::{Layer, ServiceExt};
 
     #[tokio::test]
     async fn a_closed_gate_refuses_and_drained_waits_for_the_calls_in_flight() {

@@ -11,15 +11,11 @@
 //! `tokio::time::timeout` around the call), the permit is released and the
 //! next call probes instead, so the breaker can never wedge open.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tower::{Layer, Service};
-
+use super::guard::{Guard, GuardLayer, Guarded};
 use crate::error::Error;
 
 /// Settings of a [`CircuitBreaker`].
@@ -231,72 +227,32 @@ impl Drop for Permit {
     }
 }
 
+/// The breaker as a [`Guard`]: refuses at once while open, records the
+/// outcome of each call let through.
+impl Guard for CircuitBreaker {
+    type Ticket = Permit;
+
+    fn enter(self: &Arc<Self>) -> Result<Permit, Error> {
+        self.acquire()
+    }
+
+    fn leave<T>(permit: Permit, result: &Result<T, Error>) {
+        permit.record(result);
+    }
+}
+
 /// The layer of [`Breaker`].
-#[derive(Debug, Clone)]
-pub struct BreakerLayer {
-    breaker: Arc<CircuitBreaker>,
-}
-
-impl BreakerLayer {
-    /// Guards calls with `breaker`.
-    pub fn new(breaker: Arc<CircuitBreaker>) -> Self {
-        Self { breaker }
-    }
-}
-
-impl<S> Layer<S> for BreakerLayer {
-    type Service = Breaker<S>;
-
-    fn layer(&self, inner: S) -> Breaker<S> {
-        Breaker {
-            breaker: Arc::clone(&self.breaker),
-            inner,
-        }
-    }
-}
+pub type BreakerLayer = GuardLayer<CircuitBreaker>;
 
 /// Refuses calls at once while its circuit is open; records the outcome of
 /// the others.
-#[derive(Debug, Clone)]
-pub struct Breaker<S> {
-    breaker: Arc<CircuitBreaker>,
-    inner: S,
-}
-
-impl<S, R> Service<R> for Breaker<S>
-where
-    S: Service<R, Error = Error>,
-    S::Response: Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        match self.breaker.acquire() {
-            Ok(permit) => {
-                let future = self.inner.call(request);
-                Box::pin(async move {
-                    let result = future.await;
-                    permit.record(&result);
-                    result
-                })
-            }
-            Err(refused) => Box::pin(std::future::ready(Err(refused))),
-        }
-    }
-}
+pub type Breaker<S> = Guarded<CircuitBreaker, S>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use dspex_bridge::process::Exit;
-    use tower::ServiceExt;
+    use tower::{Layer, ServiceExt};
 
     fn crash() -> Error {
         Error::WorkerCrashed {

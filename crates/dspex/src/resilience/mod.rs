@@ -22,13 +22,15 @@
 mod admission;
 mod breaker;
 mod deadline;
+mod guard;
 mod retry;
 
-pub use admission::{Admission, AdmissionLayer, Gate};
+pub use admission::{Admission, AdmissionLayer, Gate, InFlight};
 pub use breaker::{
     Breaker, BreakerConfig, BreakerLayer, BreakerState, BreakerStatus, CircuitBreaker, Permit,
 };
 pub use deadline::{Deadline, DeadlineLayer};
+pub use guard::{Guard, GuardLayer, Guarded};
 pub use retry::{RetryBudget, RetryLayer, RetryPolicy, Retrying};
 
 use std::sync::Arc;
