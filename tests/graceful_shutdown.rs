@@ -63,34 +63,28 @@ async fn shutdown_with_calls_in_flight(dspex: &Dspex, label: &str, in_flight: us
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn s36_pool_mode_shutdown_lets_four_calls_in_flight_finish() {
-    let mut config = config(ModeSetting::Pool);
+/// The Python adapter in `mode`, four one-second calls in flight.
+async fn python(mode: ModeSetting, label: &str) {
+    let mut config = config(mode);
+    // Room for four calls at once, whatever the mode.
     config.pool_size = 4;
+    config.per_worker_concurrency = if mode == ModeSetting::Single { 4 } else { 1 };
     let service = Service::start(config).await.unwrap();
-    service
-        .dspex
-        .configure_lm(slow_lm(LATENCY_MS))
-        .await
-        .unwrap();
-    shutdown_with_calls_in_flight(&service.dspex, "pool", 4).await;
-    let status = service.pool().status();
-    assert_eq!(status.restarts, 0);
+    let dspex = &service.dspex;
+    dspex.configure_lm(slow_lm(LATENCY_MS)).await.unwrap();
+    shutdown_with_calls_in_flight(dspex, label, 4).await;
+    assert_eq!(service.pool().status().restarts, 0);
     service.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn s36_pool_mode_shutdown_lets_four_calls_in_flight_finish() {
+    python(ModeSetting::Pool, "pool").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn s36_single_mode_shutdown_lets_its_calls_in_flight_finish() {
-    let mut config = config(ModeSetting::Single);
-    config.per_worker_concurrency = 4;
-    let service = Service::start(config).await.unwrap();
-    service
-        .dspex
-        .configure_lm(slow_lm(LATENCY_MS))
-        .await
-        .unwrap();
-    shutdown_with_calls_in_flight(&service.dspex, "single", 4).await;
-    service.finish().await;
+    python(ModeSetting::Single, "single").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -282,31 +282,32 @@ async fn an_open_breaker_refuses_a_hundred_calls_at_once() {
     assert_eq!(dspex.status().breaker.rejected, 100);
 }
 
-/// The handle's concurrency limit: calls beyond `max_in_flight` are refused
-/// at once as overloaded (load shedding), never queued.
-#[tokio::test]
-async fn calls_beyond_max_in_flight_are_shed() {
+/// A handle on a mock that holds every execution until `release`d, with
+/// `calls` of program `p` already in flight through it.
+struct Held {
+    dspex: Dspex,
+    gate: Arc<tokio::sync::Semaphore>,
+    running: Vec<tokio::task::JoinHandle<dspex::Result<dspex::Prediction>>>,
+}
+
+async fn held(builder: dspex::DspexBuilder, calls: usize) -> Held {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let adapter = Arc::new(Slow {
         gate: Arc::clone(&gate),
         inner: MockAdapter::new(),
     });
-    let dspex = Dspex::builder()
-        .max_in_flight(2)
+    let dspex = builder
         .with_adapter(adapter)
         .lm(LmConfig::dummy())
         .start()
         .await
         .unwrap();
+    let signature = Signature::parse("q: str -> a: str").unwrap();
     dspex
-        .create_program(
-            "p",
-            Signature::parse("q: str -> a: str").unwrap(),
-            Module::Predict,
-        )
+        .create_program("p", signature, Module::Predict)
         .await
         .unwrap();
-    let running: Vec<_> = (0..2)
+    let running = (0..calls)
         .map(|_| {
             let d = dspex.clone();
             tokio::spawn(async move {
@@ -315,70 +316,59 @@ async fn calls_beyond_max_in_flight_are_shed() {
             })
         })
         .collect();
+    until(|| dspex.status().in_flight == calls).await;
+    Held {
+        dspex,
+        gate,
+        running,
+    }
+}
+
+impl Held {
+    /// Lets the calls in flight finish; each must succeed.
+    async fn release(self) -> Dspex {
+        self.gate.add_permits(self.running.len());
+        for call in self.running {
+            assert!(call.await.unwrap().is_ok(), "a call in flight failed");
+        }
+        self.dspex
+    }
+}
+
+async fn until(mut condition: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while dspex.status().in_flight < 2 {
-        assert!(std::time::Instant::now() < deadline);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "condition not met");
         tokio::task::yield_now().await;
     }
-    let shed = dspex
+}
+
+/// The handle's concurrency limit: calls beyond `max_in_flight` are refused
+/// at once as overloaded (load shedding), never queued.
+#[tokio::test]
+async fn calls_beyond_max_in_flight_are_shed() {
+    let held = held(Dspex::builder().max_in_flight(2), 2).await;
+    let shed = held
+        .dspex
         .execute("p", json!({"q": "x"}), ExecuteOptions::default())
         .await
         .unwrap_err();
     assert_eq!(shed.category(), Category::Overloaded, "{shed:?}");
     assert!(shed.suggested_delay().is_some());
-    gate.add_permits(2);
-    for call in running {
-        call.await.unwrap().unwrap();
-    }
-    dspex.shutdown().await;
+    held.release().await.shutdown().await;
 }
 
 /// Graceful shutdown, whatever the adapter: new calls are refused at once,
 /// the calls in flight finish with their results.
 #[tokio::test]
 async fn shutdown_refuses_new_calls_and_lets_those_in_flight_finish() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let adapter = Arc::new(Slow {
-        gate: Arc::clone(&gate),
-        inner: MockAdapter::new(),
-    });
-    let dspex = Dspex::builder()
-        .with_adapter(adapter)
-        .lm(LmConfig::dummy())
-        .start()
-        .await
-        .unwrap();
-    dspex
-        .create_program(
-            "p",
-            Signature::parse("q: str -> a: str").unwrap(),
-            Module::Predict,
-        )
-        .await
-        .unwrap();
-    let running: Vec<_> = (0..4)
-        .map(|_| {
-            let d = dspex.clone();
-            tokio::spawn(async move {
-                d.execute("p", json!({"q": "x"}), ExecuteOptions::default())
-                    .await
-            })
-        })
-        .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while dspex.status().in_flight < 4 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::task::yield_now().await;
-    }
+    let held = held(Dspex::builder(), 4).await;
+    let dspex = held.dspex.clone();
     let stopping = tokio::spawn({
         let d = dspex.clone();
         async move { d.shutdown().await }
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !dspex.status().closing {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::task::yield_now().await;
-    }
+    until(|| dspex.status().closing).await;
     let refused = dspex
         .execute("p", json!({"q": "x"}), ExecuteOptions::default())
         .await
@@ -389,10 +379,7 @@ async fn shutdown_refuses_new_calls_and_lets_those_in_flight_finish() {
         !stopping.is_finished(),
         "shutdown waits for the calls in flight"
     );
-    gate.add_permits(4);
-    for call in running {
-        assert!(call.await.unwrap().is_ok(), "a call in flight finished");
-    }
+    held.release().await;
     stopping.await.unwrap();
     assert_eq!(dspex.status().in_flight, 0);
 }
