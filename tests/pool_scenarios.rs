@@ -9,7 +9,7 @@
 //! workers booting at once — an upper bound on one worker's boot.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dspex_bridge::pool::{
@@ -30,9 +30,10 @@ use serde_json::json;
 /// `echo` requests → 0 failed requests; the pool is full again
 /// ≤ T_boot + 250 ms (asserted with T_boot again as slack).
 ///
-/// So that the victim is idle for certain, the pool actor is paused (test
-/// hook) until both callers have finished their requests and wait for
-/// their next checkout; the worker is killed, then the pool resumes.
+/// So that the victim is idle for certain, the callers hold a shared gate
+/// around each call and the test takes it exclusively (every call done, none
+/// starting); then the pool actor is paused (test hook), the worker killed,
+/// and the pool resumes before the callers go on.
 ///
 /// Between the kill and the moment the pool learns of the exit (a few ms),
 /// the dead worker is still `Ready` and may be handed out; a request written
@@ -44,25 +45,18 @@ async fn s02_idle_worker_killed_during_an_echo_stream_fails_nobody() {
     const REQUESTS: u64 = 1000;
     // Two callers on four workers: every worker keeps getting requests.
     let next = Arc::new(AtomicU64::new(0));
-    let paused = Arc::new(AtomicBool::new(false));
-    let waiting = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::RwLock::new(()));
     let stream: Vec<_> = (0..2)
         .map(|_| {
-            let (p, next) = (pool.pool().clone(), Arc::clone(&next));
-            let (paused, waiting) = (Arc::clone(&paused), Arc::clone(&waiting));
+            let (p, next, gate) = (pool.pool().clone(), Arc::clone(&next), Arc::clone(&gate));
             tokio::spawn(async move {
-                let (mut failures, mut counted) = (Vec::new(), false);
+                let mut failures = Vec::new();
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= REQUESTS {
                         return failures;
                     }
-                    if !counted && paused.load(Ordering::SeqCst) {
-                        // No request of this caller is in flight now, and its
-                        // next checkout waits behind the pause.
-                        counted = true;
-                        waiting.fetch_add(1, Ordering::SeqCst);
-                    }
+                    let _calling = gate.read().await;
                     match p
                         .call(echo(json!({"n": n})), RequestOptions::default())
                         .await
@@ -78,13 +72,8 @@ async fn s02_idle_worker_killed_during_an_echo_stream_fails_nobody() {
     pool.wait_status(Duration::from_secs(10), |s| s.counters.checkouts >= 200)
         .await
         .unwrap();
+    let idle = gate.write().await;
     let resume = pool.pool().pause().unwrap();
-    paused.store(true, Ordering::SeqCst);
-    poll_until(Duration::from_secs(10), "both callers idle", || {
-        waiting.load(Ordering::SeqCst) == 2
-    })
-    .await
-    .unwrap();
     let pids = pool.pool().status().pids();
     let victim = pids[random_below(pids.len())];
     let killed_at = Instant::now();
@@ -99,6 +88,7 @@ async fn s02_idle_worker_killed_during_an_echo_stream_fails_nobody() {
     .await
     .unwrap();
     drop(resume);
+    drop(idle);
     wait_event(
         &mut events,
         BOOT,

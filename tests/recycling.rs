@@ -180,3 +180,54 @@ async fn a_worker_holding_a_stateful_session_is_recycled_only_after_it_ends() {
     assert_eq!(status.restarts, 0);
     pool.finish().await;
 }
+
+/// The age and memory limits: checked on the pool's tick, they recycle a
+/// worker the same way (replacement first), with no caller error.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_are_recycled_by_age_and_by_memory() {
+    for (label, recycle) in [
+        (
+            "max_age",
+            RecyclePolicy {
+                max_age: Some(Duration::from_millis(300)),
+                ..RecyclePolicy::default()
+            },
+        ),
+        (
+            // Any Python process is above 1 MiB: recycled as soon as seen.
+            "max_rss_mb",
+            RecyclePolicy {
+                max_rss_mb: Some(1),
+                ..RecyclePolicy::default()
+            },
+        ),
+    ] {
+        let mut config = TestPool::config();
+        config.size = 1;
+        config.recycle = recycle;
+        let (pool, _) = start(config).await;
+        let first = pool.worker_pid().unwrap();
+        let mut events = pool.events();
+        let recycled = dspex_testkit::wait_event(
+            &mut events,
+            BOOT,
+            |e| matches!(e, PoolEvent::WorkerRecycled { pid, .. } if *pid == first),
+        )
+        .await
+        .unwrap();
+        let PoolEvent::WorkerRecycled { reason, .. } = recycled else {
+            unreachable!()
+        };
+        assert!(reason.contains(label), "{label}: {reason}");
+        let status = pool.pool().status();
+        assert!(
+            status.counters.recycled >= 1 && status.restarts == 0,
+            "{status:?}"
+        );
+        assert_eq!(
+            pool.command("echo", json!({"after": label})).await.unwrap(),
+            json!({"after": label})
+        );
+        pool.finish().await;
+    }
+}

@@ -174,6 +174,18 @@ async fn s14_unknown_command_keeps_the_worker() {
         .await
         .unwrap_err();
     assert_eq!(remote_kind(&error), Some(ErrorKind::InvalidArguments));
+    // A command with an empty or malformed name never leaves Rust.
+    for name in ["", "no such", "9lives"] {
+        let error = tree.command(name, json!({})).await.unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                PoolError::Worker(WorkerError::Refused(e))
+                    if matches!(**e, ProtocolError::InvalidCommand(_))
+            ),
+            "{name:?}: {error:?}"
+        );
+    }
     assert_eq!(
         tree.command("echo", json!({"x": 1})).await.unwrap(),
         json!({"x": 1})

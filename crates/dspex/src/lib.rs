@@ -33,7 +33,9 @@
 //!
 //! The pieces: [`config`] (builder, TOML, `DSPEX_*`), [`adapter`] (mock,
 //! bridge mock, Python), [`Error`] (categories, retryability),
-//! [`resilience`] (retries, circuit breaker), [`signature`].
+//! [`resilience`] (the execute path as tower layers: shutdown gate,
+//! deadline, retries within a budget, circuit breaker, load shedding),
+//! [`signature`].
 
 pub mod adapter;
 pub mod config;

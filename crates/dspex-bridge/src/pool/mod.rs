@@ -883,8 +883,9 @@ impl Pool {
     }
 }
 
-/// What a checkout is for: the worker that already has these is preferred
-/// nowhere, but the lease knows what it may skip sending.
+/// What a checkout's call will need from its worker (a program version, a
+/// registered LM): the lease learns whether that worker has them, so it
+/// sends only what is missing.
 #[derive(Debug, Default)]
 struct Wants {
     program: Option<String>,

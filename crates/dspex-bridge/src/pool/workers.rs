@@ -204,6 +204,16 @@ impl PoolActorState {
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
+        if s.id != handle.worker_id() {
+            // A late start of a worker whose slot was retired and reused:
+            // its child is being terminated; it is nobody's now.
+            tracing::debug!(
+                worker = handle.worker_id(),
+                slot,
+                "pool: start of a retired worker ignored"
+            );
+            return;
+        }
         if s.phase == SlotPhase::Retired {
             handle.replace("its slot was retired");
             return;
@@ -410,6 +420,16 @@ impl PoolActorState {
         }
         tracing::error!(%cause, "pool failed");
         self.revival.in_progress = false;
+        // Recycling is over: a revive starts the pool's size again, not the
+        // replacements of workers that are gone anyway.
+        for slot in 0..self.slots.len() {
+            if let Some(replacement) = self.slots[slot].replacement.take() {
+                self.slots[replacement].phase = SlotPhase::Retired;
+            }
+            if self.slots[slot].phase == SlotPhase::Retiring {
+                self.slots[slot].phase = SlotPhase::Retired;
+            }
+        }
         for waiter in self.queue.drain(..) {
             let _ = waiter.reply.send(Err(PoolError::Unavailable {
                 cause: cause.clone(),
@@ -595,8 +615,8 @@ impl PoolActorState {
     }
 }
 
-/// The status of a pool that has not published yet.
 impl PoolStatus {
+    /// The status of a pool that has not published yet.
     pub(crate) fn empty() -> Self {
         Self {
             state: PoolState::Running,
