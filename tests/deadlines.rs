@@ -43,9 +43,15 @@ async fn s35_only_a_truly_hung_worker_is_killed_and_it_is_not_a_crash() {
     let mut events = pool.worker_events();
     let mut kills = Vec::new();
     let storm = Instant::now();
+    let mut killed_pid = 0;
     for round in 0..20 {
-        let worker = pool.ready(BOOT).await.unwrap();
-        let pid = worker.pid();
+        // The replacement of the last round's worker, once the pool has it.
+        let status = pool
+            .wait_status(BOOT, |s| s.idle == 1 && !s.pids().contains(&killed_pid))
+            .await
+            .unwrap();
+        let pid = status.pids()[0];
+        killed_pid = pid;
         // A long request in flight beside the one that will time out.
         let bystander = {
             let p = pool.pool().clone();
