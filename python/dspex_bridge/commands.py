@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import resource
 import threading
 import time
@@ -18,37 +15,33 @@ from . import lm as lm_mod
 from .errors import (
     DeadlineExceeded,
     InvalidArguments,
-    LmError,
     LmNotConfigured,
     ProgramNotFound,
-    SignatureError,
 )
+from .execution import (
+    batch_threads,
+    check_input_map,
+    check_inputs,
+    run_batch,
+    run_program,
+)
+from .modules import MODULE_ALIASES as MODULE_ALIASES
+from .modules import MODULES as MODULES
+from .programs import Program as Program
+from .programs import build_program as build_program
+from .programs import canonical_json as canonical_json
+from .programs import definition_hash
+from .programs import program_hash as program_hash
 from .requests import MAX_REQUEST_ID, ReplySlot
 from .requests import current_request as current_request  # for handlers and engines
-from .signatures import (
-    FieldSpec,
-    SignatureSpec,
-    TypeSpec,
-    build_dspy_signature,
-    check_value,
-    convert_output,
-    parse_signature,
-)
 
 if TYPE_CHECKING:
+    from .callbacks import CallbackTable
     from .protocol import FrameWriter
 
 log = logging.getLogger("dspex_bridge.commands")
 
 MAX_PROGRAM_ID = 256
-
-# Module names accepted in a program definition, normalised (lower case, no "_", no "dspy.").
-MODULE_ALIASES: dict[str, str] = {
-    "predict": "predict",
-    "chainofthought": "chain_of_thought",
-    "cot": "chain_of_thought",
-}
-MODULES: tuple[str, ...] = ("predict", "chain_of_thought")
 
 
 class NoReply(BaseException):
@@ -192,38 +185,14 @@ class Stats:
             }
 
 
-@dataclass
-class Program:
-    program_id: str
-    hash: str
-    module: str
-    module_name: str
-    definition: dict[str, Any]
-    spec: SignatureSpec
-    signature: Any
-    demos: list[dict[str, Any]]
-    created_at: float
-    executions: int = 0
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "program_id": self.program_id,
-            "hash": self.hash,
-            "module": self.module,
-            "signature_name": self.spec.name,
-            "inputs": [f.name for f in self.spec.inputs],
-            "outputs": [f.name for f in self.spec.all_outputs()],
-            "demos": len(self.demos),
-            "created_at": self.created_at,
-            "executions": self.executions,
-        }
-
-
 class WorkerState:
     """Everything the commands share: programs, the default and the named LMs, counters."""
 
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, project_dir: str | None = None) -> None:
         self.worker_id = worker_id
+        # DSPEX_PROJECT_DIR: where ``python`` modules are imported from (None: refused).
+        self.project_dir = project_dir
+        self.callbacks: CallbackTable | None = None
         self.pid = os.getpid()
         self.started = time.monotonic()
         self.lock = threading.Lock()
@@ -313,106 +282,6 @@ def require_str(args: dict[str, Any], key: str, *, max_len: int | None = None) -
     return value
 
 
-def canonical_json(obj: Any) -> str:
-    """The canonical JSON text hashed for programs (sorted keys, no spaces, UTF-8)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def program_hash(signature: Any, module: Any, demos: Any) -> str:
-    """Hash of a program definition, computable on the Rust side too.
-
-    ``sha256(canonical_json({"signature": signature, "module": module, "demos": demos}))``
-    as lowercase hex, where ``canonical_json(obj)`` is
-    ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` encoded as
-    UTF-8. ``signature`` and ``demos`` are hashed exactly as sent; an absent ``module`` counts
-    as ``"predict"`` and absent ``demos`` as ``[]``.
-    """
-    try:
-        text = canonical_json({"signature": signature, "module": module, "demos": demos})
-    except (TypeError, ValueError) as exc:
-        raise InvalidArguments(f"program definition is not JSON-representable: {exc}") from exc
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _normalise_module(module: Any) -> str:
-    if not isinstance(module, str) or not module:
-        raise InvalidArguments("'module' must be a string", {"field": "module"})
-    key = module.lower().removeprefix("dspy.").replace("_", "")
-    kind = MODULE_ALIASES.get(key)
-    if kind is None:
-        raise InvalidArguments(
-            f"unknown module {module!r}",
-            {"field": "module", "module": module, "available": list(MODULES)},
-        )
-    return kind
-
-
-def _module_outputs(kind: str) -> tuple[FieldSpec, ...]:
-    if kind == "chain_of_thought":
-        return (FieldSpec("reasoning", TypeSpec("str")),)
-    return ()
-
-
-def _check_demos(demos: Any, spec: SignatureSpec) -> list[dict[str, Any]]:
-    if not isinstance(demos, list):
-        raise InvalidArguments("'demos' must be a list of maps", {"field": "demos"})
-    names = {f.name for f in spec.inputs + spec.all_outputs()}
-    for i, demo in enumerate(demos):
-        if not isinstance(demo, dict):
-            raise InvalidArguments(f"demos[{i}] must be a map", {"field": "demos", "index": i})
-        unknown = sorted(str(k) for k in demo if k not in names)
-        if unknown:
-            raise InvalidArguments(
-                f"demos[{i}] has unknown fields {unknown}",
-                {"field": "demos", "index": i, "unknown": unknown},
-            )
-    return demos
-
-
-def build_program(program_id: str, definition: dict[str, Any]) -> Program:
-    """Validate a program definition and build its DSPy signature."""
-    if "signature" not in definition:
-        raise InvalidArguments("a program needs a 'signature'", {"field": "signature"})
-    raw_signature = definition["signature"]
-    raw_module = definition.get("module", "predict")
-    raw_demos = definition.get("demos")
-    if raw_demos is None:
-        raw_demos = []
-    kind = _normalise_module(raw_module)
-    spec = parse_signature(raw_signature)
-    extra = _module_outputs(kind)
-    for f in extra:
-        if spec.input(f.name) is not None or any(o.name == f.name for o in spec.outputs):
-            raise SignatureError(
-                f"field name {f.name!r} is added by module {kind} and cannot be declared",
-                {"field": f.name},
-            )
-    spec = SignatureSpec(spec.name, spec.instructions, spec.inputs, spec.outputs, extra)
-    demos = _check_demos(raw_demos, spec)
-    digest = program_hash(raw_signature, raw_module, raw_demos)
-    signature = build_dspy_signature(spec)
-    return Program(
-        program_id=program_id,
-        hash=digest,
-        module=kind,
-        module_name=raw_module,
-        definition={"signature": raw_signature, "module": raw_module, "demos": raw_demos},
-        spec=spec,
-        signature=signature,
-        demos=demos,
-        created_at=time.time(),
-    )
-
-
-def _definition_hash(definition: dict[str, Any]) -> str:
-    demos = definition.get("demos")
-    return program_hash(
-        definition.get("signature"),
-        definition.get("module", "predict"),
-        [] if demos is None else demos,
-    )
-
-
 def _rss() -> dict[str, int]:
     rss = 0
     try:
@@ -463,14 +332,17 @@ def _install(state: WorkerState, program: Program) -> bool:
 
 
 def create_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Build and cache a program; ``hash`` is ``program_hash`` of its definition.
+    """Build and cache a program; ``hash`` is ``programs.program_hash`` of its definition.
 
     That is sha256 (lowercase hex) of the UTF-8 canonical JSON
-    ``json.dumps({"signature": ..., "module": ..., "demos": [...]}, sort_keys=True,
-    separators=(",", ":"), ensure_ascii=False)``, so the Rust side can compute it too.
+    ``json.dumps({"signature": ..., "module": ..., "demos": [...]} (+ "module_args" when
+    present and not empty), sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, so
+    the Rust side can compute it too. ``outputs`` lists module-added outputs first.
     """
     program_id = require_str(args, "program_id", max_len=MAX_PROGRAM_ID)
-    program = build_program(program_id, args)
+    with ctx.state.lock:
+        existing = ctx.state.programs.get(program_id)
+    program = build_program(program_id, args, ctx.state.project_dir, existing)
     replaced = _install(ctx.state, program)
     return {
         "program_id": program_id,
@@ -500,86 +372,15 @@ def _ensure_program(ctx: Context, program_id: str, definition: Any) -> Program:
         raise InvalidArguments(
             "'program.program_id' differs from 'program_id'", {"field": "program"}
         )
-    wanted = _definition_hash(definition)
+    wanted = definition_hash(definition)
     with ctx.state.lock:
         current = ctx.state.programs.get(program_id)
     if current is not None and current.hash == wanted:
         return current
-    program = build_program(program_id, definition)
+    program = build_program(program_id, definition, ctx.state.project_dir)
     _install(ctx.state, program)
     log.info("installed program %s (%s) from execute_program", program_id, program.hash[:12])
     return program
-
-
-def _check_inputs(spec: SignatureSpec, inputs: dict[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in spec.inputs}
-    for name in inputs:
-        if name not in known:
-            raise InvalidArguments(
-                f"unknown input {name!r}", {"field": name, "expected": sorted(known)}
-            )
-    checked: dict[str, Any] = {}
-    for f in spec.inputs:
-        if f.name not in inputs:
-            if f.optional:
-                checked[f.name] = None
-                continue
-            raise InvalidArguments(f"missing required input {f.name!r}", {"field": f.name})
-        check_value(f.effective_type, inputs[f.name], f.name)
-        checked[f.name] = inputs[f.name]
-    return checked
-
-
-def _make_module(program: Program) -> Any:
-    import dspy
-
-    if program.module == "chain_of_thought":
-        module = dspy.ChainOfThought(program.signature)
-        predictor = module.predict
-    else:
-        module = dspy.Predict(program.signature)
-        predictor = module
-    if program.demos:
-        input_names = [f.name for f in program.spec.inputs]
-        predictor.demos = [
-            dspy.Example(**demo).with_inputs(*[n for n in input_names if n in demo])
-            for demo in program.demos
-        ]
-    return module
-
-
-_FAILED_FIELD = re.compile(r"Failed to parse field (\w+)")
-
-
-def _unparsed_fields(exc: Any) -> list[str]:
-    """The output fields an ``AdapterParseError`` could not produce."""
-    match = _FAILED_FIELD.search(str(exc))
-    if match:
-        return [match.group(1)]
-    expected = list(getattr(getattr(exc, "signature", None), "output_fields", {}) or {})
-    parsed = getattr(exc, "parsed_result", None)
-    if isinstance(parsed, dict):
-        return [name for name in expected if name not in parsed]
-    return expected
-
-
-def _lm_failure(exc: BaseException) -> LmError | None:
-    from dspy.utils.exceptions import AdapterParseError, LMError
-
-    if isinstance(exc, AdapterParseError):
-        fields = _unparsed_fields(exc)
-        named = ", ".join(repr(f) for f in fields) or "?"
-        return LmError(
-            f"the LM response could not be parsed into output field {named}: {exc}",
-            {
-                "exception": type(exc).__name__,
-                "field": fields[0] if fields else None,
-                "fields": fields,
-            },
-        )
-    if isinstance(exc, LMError):
-        return LmError(f"the LM call failed: {exc}", {"exception": type(exc).__name__})
-    return None
 
 
 def _resolve_lm(ctx: Context, args: dict[str, Any], program_id: str) -> lm_mod.LmHandle:
@@ -611,50 +412,83 @@ def _resolve_lm(ctx: Context, args: dict[str, Any], program_id: str) -> lm_mod.L
     return handle
 
 
-def execute_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    import dspy
+def _flag(args: dict[str, Any], key: str) -> bool:
+    value = args.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidArguments(f"'{key}' must be a bool", {"field": key})
+    return value
 
+
+def _program_of(ctx: Context, args: dict[str, Any], program_id: str) -> Program:
+    if args.get("program") is not None:
+        return _ensure_program(ctx, program_id, args["program"])
+    return _lookup(ctx.state, program_id)
+
+
+def _counted(ctx: Context, program: Program, runs: int) -> None:
+    with ctx.state.lock:
+        program.executions += runs
+    for _ in range(runs):
+        ctx.state.stats.executed()
+
+
+def execute_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Run a program once.
+
+    ``stream: true`` (on a request with ``events: true``) sends its ``str`` outputs as
+    ``chunk`` events while the LM produces them; ``lm_history: true`` adds the request's LM
+    calls as ``lm_history``. The reply carries ``usage`` (``{model: {prompt_tokens,
+    completion_tokens, total_tokens}}``, as DSPy tracked it).
+    """
     started = time.perf_counter()
     program_id = require_str(args, "program_id", max_len=MAX_PROGRAM_ID)
-    if args.get("program") is not None:
-        program = _ensure_program(ctx, program_id, args["program"])
-    else:
-        program = _lookup(ctx.state, program_id)
-    inputs = args.get("inputs", {})
-    if inputs is None:
-        inputs = {}
-    if not isinstance(inputs, dict):
-        raise InvalidArguments("'inputs' must be a map", {"field": "inputs"})
-    checked = _check_inputs(program.spec, inputs)
+    stream = _flag(args, "stream")
+    lm_history = _flag(args, "lm_history")
+    program = _program_of(ctx, args, program_id)
+    checked = check_inputs(program.spec, check_input_map(args.get("inputs", {})))
     handle = _resolve_lm(ctx, args, program_id)
     ctx.check_deadline()
-    module = _make_module(program)
-    try:
-        with dspy.context(lm=handle.lm, disable_history=True):
-            prediction = module(**checked)
-    except Exception as exc:
-        failure = _lm_failure(exc)
-        if failure is None:
-            raise
-        raise failure from exc
-    outputs: dict[str, Any] = {}
-    for f in program.spec.all_outputs():
-        try:
-            value = prediction[f.name]
-        except (KeyError, AttributeError):
-            if f.optional or f.type.allows_none():
-                outputs[f.name] = None
-                continue
-            raise LmError(
-                f"the LM produced no value for output {f.name!r}", {"field": f.name}
-            ) from None
-        outputs[f.name] = convert_output(f.effective_type, value, f.name)
-    with ctx.state.lock:
-        program.executions += 1
-    ctx.state.stats.executed()
-    return {
+    outputs, usage, history = run_program(
+        ctx.slot, program, handle, checked, stream=stream, lm_history=lm_history
+    )
+    _counted(ctx, program, 1)
+    result: dict[str, Any] = {
         "program_id": program_id,
         "outputs": outputs,
+        "usage": usage,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "model": handle.model,
+    }
+    if history is not None:
+        result["lm_history"] = history
+    return result
+
+
+def execute_batch(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Run a program on many inputs with DSPy's own parallelism (``dspy.Parallel``).
+
+    ``results`` are in input order, each ``{"outputs"}`` or ``{"error": {"kind", "message",
+    "details"}}`` (a bad item does not fail the batch); ``progress`` events follow each item
+    when the request carried ``events: true``. The request's deadline covers the batch.
+    """
+    started = time.perf_counter()
+    program_id = require_str(args, "program_id", max_len=MAX_PROGRAM_ID)
+    items = args.get("inputs")
+    if not isinstance(items, list):
+        raise InvalidArguments("'inputs' must be a list of maps", {"field": "inputs"})
+    num_threads = batch_threads(args.get("num_threads"), len(items))
+    program = _program_of(ctx, args, program_id)
+    handle = _resolve_lm(ctx, args, program_id)
+    ctx.check_deadline()
+    assert ctx.slot is not None
+    results, usage = run_batch(ctx.slot, program, handle, items, num_threads)
+    _counted(ctx, program, sum(1 for r in results if "outputs" in r))
+    return {
+        "program_id": program_id,
+        "results": results,
+        "usage": usage,
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         "model": handle.model,
     }
@@ -704,6 +538,7 @@ def get_stats(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "dspy_loaded": ctx.server.dspy_loaded(),
         "max_concurrency": ctx.server.max_concurrency,
         "threads": threading.active_count(),
+        "callbacks": state.callbacks.snapshot() if state.callbacks is not None else None,
     }
 
 
@@ -745,6 +580,7 @@ def default_registry() -> Registry:
     registry.register("configure_lm", configure_lm, needs_dspy=True)
     registry.register("create_program", create_program, needs_dspy=True)
     registry.register("execute_program", execute_program, needs_dspy=True)
+    registry.register("execute_batch", execute_batch, needs_dspy=True)
     registry.register("list_programs", list_programs)
     registry.register("get_program_info", get_program_info)
     registry.register("delete_program", delete_program)

@@ -23,6 +23,8 @@ KINDS: tuple[str, ...] = (
     "LmError",
     "DeadlineExceeded",
     "Cancelled",
+    "ToolError",
+    "ModuleImportError",
     "PythonException",
     "ProtocolError",
 )
@@ -93,6 +95,25 @@ class ProtocolError(BridgeError):
     kind = "ProtocolError"
 
 
+class ToolError(BridgeError):
+    """A host-side function (a tool or a reward, reached by a callback) failed for good.
+
+    ``details`` name the function (``tool``) and carry the host's own error when there was
+    one (``error``: ``{"kind", "message", "details"}``).
+    """
+
+    kind = "ToolError"
+
+
+class ModuleImportError(BridgeError):
+    """The user's own module (``module: "python"``) could not be imported or constructed.
+
+    ``details``: ``{"path", "stage": "import" | "construct", ...}``; ``traceback`` is set.
+    """
+
+    kind = "ModuleImportError"
+
+
 class PythonException(BridgeError):
     kind = "PythonException"
 
@@ -101,6 +122,11 @@ def from_exception(exc: BaseException) -> dict[str, Any]:
     """The wire ``error`` map for any exception raised while handling a request."""
     if isinstance(exc, BridgeError):
         return exc.to_wire()
+    as_bridge_error = getattr(exc, "as_bridge_error", None)
+    if callable(as_bridge_error):  # e.g. ``callbacks.CallbackError`` -> ``ToolError``
+        converted = as_bridge_error()
+        if isinstance(converted, BridgeError):
+            return converted.to_wire()
     tb = redact("".join(_traceback.format_exception(type(exc), exc, exc.__traceback__)))
     return PythonException(
         redact(str(exc)) or type(exc).__name__,

@@ -30,6 +30,12 @@ log_line                 ``text``, ``level`` (DEBUG..CRITICAL,      ``{"logged":
                          logs ``text`` there and ``print()``s it,
                          as a chatty library would
 ignore_shutdown          none                                       ``{"ignoring": [...]}``
+emit_events              ``count`` (default 3): ``progress``        ``{"sent"}`` (0 unless the
+                         events ``{"done": i, "total": count}``     request has ``events``)
+call_host                ``name`` (default ``echo``), ``args``      ``{"results": [{"ok",
+                         (map), ``count`` parallel callbacks         "result" | "error"}]}``
+                         (default 1, one thread each),              in call order
+                         ``timeout_ms``
 =======================  =========================================  ==========================
 """
 
@@ -47,10 +53,11 @@ import threading
 import time
 from typing import Any
 
+from .callbacks import CallbackError
 from .commands import Context, NoReply, Registry
-from .errors import InvalidArguments
+from .errors import BridgeError, InvalidArguments
 from .protocol import HEADER, frame
-from .requests import cooperative_sleep
+from .requests import bind, cooperative_sleep
 
 log = logging.getLogger("dspex_bridge.faults")
 
@@ -268,6 +275,53 @@ def ignore_shutdown(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {"ignoring": ["SIGTERM", "EOF"]}
 
 
+def emit_events(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    count = _int_arg(args, "count", 3, 0, 10_000)
+    assert ctx.slot is not None
+    sent = sum(ctx.slot.event("progress", {"done": i + 1, "total": count}) for i in range(count))
+    return {"sent": sent}
+
+
+def call_host(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """``count`` callbacks at once (one thread each), all outstanding until answered."""
+    name = args.get("name", "echo")
+    call_args = args.get("args", {})
+    count = _int_arg(args, "count", 1, 1, 32)
+    timeout_ms = args.get("timeout_ms")
+    if not isinstance(name, str) or not name:
+        raise InvalidArguments("'name' must be a string", {"field": "name"})
+    if not isinstance(call_args, dict):
+        raise InvalidArguments("'args' must be a map", {"field": "args"})
+    if timeout_ms is not None and (
+        not isinstance(timeout_ms, (int, float)) or isinstance(timeout_ms, bool) or timeout_ms < 0
+    ):
+        raise InvalidArguments("'timeout_ms' must be a number >= 0", {"field": "timeout_ms"})
+    slot = ctx.slot
+    assert slot is not None
+    timeout = None if timeout_ms is None else timeout_ms / 1000.0
+    results: list[dict[str, Any]] = [{} for _ in range(count)]
+
+    def one(i: int) -> None:
+        with bind(slot):
+            try:
+                value = slot.callback(name, {**call_args, "index": i}, timeout)
+                results[i] = {"ok": True, "result": value}
+            except CallbackError as exc:
+                error = {"kind": exc.kind, "message": exc.message, "details": exc.details}
+                results[i] = {"ok": False, "error": error}
+            except BridgeError as exc:
+                results[i] = {"ok": False, "error": exc.to_wire()}
+
+    threads = [
+        threading.Thread(target=one, args=(i,), name=f"dspex-call-{i}") for i in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"results": results}
+
+
 def register(registry: Registry) -> None:
     registry.register("echo", echo)
     registry.register("sleep", sleep)
@@ -281,5 +335,7 @@ def register(registry: Registry) -> None:
     registry.register("spawn_grandchild", spawn_grandchild)
     registry.register("print_to_stdout", print_to_stdout)
     registry.register("log_line", log_line)
+    registry.register("emit_events", emit_events)
+    registry.register("call_host", call_host)
     # Runs on the main thread: only it may change signal dispositions.
     registry.register("ignore_shutdown", ignore_shutdown, inline=True)

@@ -37,6 +37,7 @@ anything else happens to it, so no log line ever carries an API key.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -44,12 +45,13 @@ import math
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidArguments
 from .logs import redact, register_secrets
-from .requests import cooperative_sleep
+from .requests import cooperative_sleep, current_request
 
 log = logging.getLogger("dspex_bridge.lm")
 
@@ -444,25 +446,39 @@ def _parse_prompt(system: str) -> tuple[list[str], list[_OutputField]]:
     return inputs, [_OutputField(name, notes.get(name, "")) for name in outputs]
 
 
-def _input_digest(user_text: str, input_names: list[str], seed: str) -> str:
-    # The adapters append their output reminder ("Respond with ...") as a last paragraph;
-    # it describes the outputs, not the inputs, so it is not hashed.
-    cut = user_text.rfind(_REMINDER)
-    if cut >= 0:
-        user_text = user_text[:cut]
+def _sections(user_text: str, input_names: list[str]) -> dict[str, str]:
+    """The input-field sections of the last user message, by field name.
+
+    Only headers of the prompt's input fields open a section; any other ``[[ ## x ## ]]``
+    line (ReAct's trajectory renders its steps that way) is part of the section it is in.
+    The adapters append their output reminder ("Respond with ...") as a last paragraph; it
+    describes the outputs, not the inputs, so it is left out.
+    """
+    user_text = _strip_reminder(user_text)
+    known = set(input_names)
     sections: dict[str, list[str]] = {}
     current: str | None = None
     for line in user_text.splitlines():
         match = _HEADER.fullmatch(line.strip())
-        if match:
+        if match and (not known or match.group(1) in known):
             current = match.group(1)
             sections.setdefault(current, [])
         elif current is not None:
             sections[current].append(line)
-    wanted = set(input_names) if input_names else set(sections)
-    canonical = {k: "\n".join(v).strip() for k, v in sections.items() if k in wanted}
-    if not canonical:
-        canonical = {"": user_text}
+    return {k: "\n".join(v).strip() for k, v in sections.items()}
+
+
+def _strip_reminder(user_text: str) -> str:
+    cut = user_text.rfind(_REMINDER)
+    return user_text[:cut] if cut >= 0 else user_text
+
+
+def _input_digest(user_text: str, input_names: list[str], seed: str) -> str:
+    return _digest_of(_sections(user_text, input_names), user_text, seed)
+
+
+def _digest_of(sections: dict[str, str], user_text: str, seed: str) -> str:
+    canonical: dict[str, str] = dict(sections) or {"": _strip_reminder(user_text)}
     payload = json.dumps(canonical, sort_keys=True, ensure_ascii=False) + "\x00" + seed
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -479,10 +495,10 @@ class _Generator:
         return int(hashlib.sha256(f"{self.digest}:{path}".encode()).hexdigest()[:12], 16)
 
     def text(self, path: str) -> str:
-        if path == "reasoning":
+        if path in ("reasoning", "rationale"):
             names = ", ".join(self.input_names) or "the request"
             return (
-                f"reasoning: {self.short}. Considered {names}; the dummy LM derives every "
+                f"{path}: {self.short}. Considered {names}; the dummy LM derives every "
                 "output deterministically from a hash of the inputs."
             )
         return f"{path}: {self.short}"
@@ -585,8 +601,128 @@ def _message_text(message: Any) -> str:
     return "".join(getattr(p, "text", "") or "" for p in parts)
 
 
+# --- what the dummy engine understands beyond plain signatures -------------------------
+
+# ReAct (dspy.ReAct): the step signature's outputs, and the tool list in its instructions:
+# "(1) lookup, whose description is <desc>...</desc>. It takes arguments {...}." (the
+# arguments are the repr of the tool's ``args``, a map of argument name -> JSON schema).
+_REACT_OUTPUTS = ("next_thought", "next_tool_name", "next_tool_args")
+_REACT_FINISH = "finish"
+_REACT_TOOL = re.compile(
+    r"^\s*\((\d+)\) ([^\s,]+?)(?:, whose description is <desc>.*</desc>)?\. "
+    r"It takes arguments (\{.*\})\.\s*$",
+    re.MULTILINE,
+)
+_REACT_OBSERVATION = re.compile(r"\[\[ ## observation_\d+ ## \]\]")
+_LITERAL_PREFIXES = ("must exactly match (no extra characters) one of: ", "must be one of: ")
+_MAX_TOOL_ARGS_TEXT = 256 * 1024
+# The tokenizer behind the dummy engine's usage counts: words and single punctuation marks.
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+# Streamed answers come in pieces of this many whitespace-separated words.
+STREAM_WORDS = 2
+_STREAM_WORD = re.compile(r"\s*\S+")
+
+
+def count_tokens(text: str) -> int:
+    """The dummy engine's token count of ``text``: ``len(re.findall(r"\\w+|[^\\w\\s]", text))``."""
+    return len(_TOKEN.findall(text))
+
+
+def stream_pieces(text: str, words: int = STREAM_WORDS) -> list[str]:
+    """``text`` in pieces of ``words`` words (each with the whitespace before it); joined,
+    the pieces are ``text`` again."""
+    found = _STREAM_WORD.findall(text)
+    pieces = ["".join(found[i : i + words]) for i in range(0, len(found), words)]
+    rest = text[sum(len(p) for p in pieces) :]
+    if rest:
+        if pieces:
+            pieces[-1] += rest
+        else:
+            pieces.append(rest)
+    return pieces
+
+
+def _literal_members(note: str) -> list[str]:
+    for prefix in _LITERAL_PREFIXES:
+        if note.startswith(prefix):
+            return note[len(prefix) :].split("; ")
+    return []
+
+
+def _react_tools(system: str) -> dict[str, dict[str, Any]]:
+    """ReAct's tools as listed in its instructions: name -> argument schemas."""
+    tools: dict[str, dict[str, Any]] = {}
+    for _, name, args_text in _REACT_TOOL.findall(system):
+        args: Any = {}
+        if len(args_text) <= _MAX_TOOL_ARGS_TEXT:
+            try:
+                # A Python literal (the repr of a map of JSON schemas): literal_eval only
+                # parses literals, it never runs anything.
+                args = ast.literal_eval(args_text)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                args = {}
+        tools.setdefault(name, args if isinstance(args, dict) else {})
+    return tools
+
+
+def _react_step(
+    system: str, user: str, outputs: list[_OutputField], gen: _Generator
+) -> dict[str, tuple[Any, bool]]:
+    """ReAct's step outputs: the first tool (with schema-conforming arguments) until the
+    trajectory holds an observation, then ``finish``."""
+    names = {o.name: o for o in outputs}
+    if not all(name in names for name in _REACT_OUTPUTS):
+        return {}
+    members = _literal_members(names["next_tool_name"].note)
+    tools = _react_tools(system)
+    candidates = [m for m in members if m != _REACT_FINISH] or [
+        t for t in tools if t != _REACT_FINISH
+    ]
+    done = _REACT_OBSERVATION.search(user) is not None
+    if done or not candidates:
+        tool, args = _REACT_FINISH, {}
+    else:
+        tool = candidates[0]
+        schema = {"type": "object", "properties": tools.get(tool, {})}
+        args = gen.from_schema(schema, "next_tool_args", {}, 0)
+        if not isinstance(args, dict):
+            args = {}
+    return {
+        "next_thought": (
+            f"next_thought: {gen.short}. "
+            + ("I have what I need; finishing." if tool == _REACT_FINISH else f"Calling {tool}."),
+            True,
+        ),
+        "next_tool_name": (tool, True),
+        "next_tool_args": (args, False),
+    }
+
+
+def _advice(sections: dict[str, str], gen: _Generator) -> dict[str, str] | None:
+    """Refine's feedback step (``OfferFeedback``): one piece of advice per module name."""
+    raw = sections.get("module_names")
+    if raw is None:
+        return None
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return {name: f"advice for {name}: {gen.short}" for name in names}
+
+
 class DummyEngine:
-    """A DSPy 3.4 canonical engine (``complete(Request) -> Response``) that needs no network."""
+    """A DSPy 3.4 canonical engine (``complete(Request) -> Response``) that needs no network.
+
+    Besides plain signatures it speaks what DSPy's modules ask of an LM: ReAct's steps
+    (``next_thought`` / ``next_tool_name`` / ``next_tool_args``: the first listed tool with
+    arguments made from its JSON schema while the trajectory has no observation, then
+    ``finish``), Refine's feedback (``advice`` keyed by the ``module_names`` it was given),
+    MultiChainComparison's ``rationale``. Usage is counted honestly with ``count_tokens``
+    (prompt: the system text and every message; completion: the answer), and ``stream``
+    yields the answer in pieces of ``STREAM_WORDS`` words.
+    """
 
     supports_function_calling = False
     supports_reasoning = False
@@ -601,20 +737,26 @@ class DummyEngine:
         self.fail_fields = frozenset(fail_fields)
 
     def answer(self, system: str, user: str, json_mode: bool = False) -> str:
-        """The completion text for a rendered prompt (exposed for tests).
+        """The completion text for a rendered prompt (also used by ``openai_stub``).
 
         Fields named in ``fail_fields`` (a test aid) come out unusable: a text field is left
         out, any other gets a value no parser accepts.
         """
         input_names, outputs = _parse_prompt(system)
-        digest = _input_digest(user, input_names, self.seed)
+        sections = _sections(user, input_names)
+        digest = _digest_of(sections, user, self.seed)
         gen = _Generator(digest, input_names)
         if not outputs:
             return f"dummy: {digest[:8]}"
         json_mode = json_mode or _JSON_MARKER in system
+        planned = _react_step(system, user, outputs, gen)
         values: list[tuple[str, Any, bool]] = []
         for out in outputs:
-            value, is_text = gen.field_value(out)
+            if out.name in planned:
+                value, is_text = planned[out.name]
+            else:
+                advice = _advice(sections, gen) if out.name == "advice" else None
+                value, is_text = (advice, False) if advice is not None else gen.field_value(out)
             if out.name in self.fail_fields:
                 if is_text:
                     continue
@@ -628,12 +770,14 @@ class DummyEngine:
         parts.append("[[ ## completed ## ]]")
         return "\n\n".join(parts)
 
-    def complete(self, request: Any) -> Any:
-        from dspy.lm15 import Message, Response, TextPart, Usage
-
+    def _respond(self, request: Any) -> tuple[str, int, int]:
+        """(answer text, prompt tokens, completion tokens) for an lm15 request."""
+        slot = current_request()
         if self.latency_ms > 0:
             # Ends early (and raises) at the current request's deadline or abandonment.
             cooperative_sleep(self.latency_ms / 1000.0)
+        elif slot is not None:
+            slot.check()  # abandoned work makes no more calls
         system = request.system
         if system is None:
             system_text = ""
@@ -641,22 +785,53 @@ class DummyEngine:
             system_text = system
         else:
             system_text = "".join(getattr(p, "text", "") or "" for p in system)
+        texts = [_message_text(m) for m in request.messages]
         users = [m for m in request.messages if getattr(m, "role", None) == "user"]
         user_text = _message_text(users[-1]) if users else ""
         json_mode = getattr(request.config, "response_format", None) is not None
         text = self.answer(system_text, user_text, json_mode)
+        prompt_tokens = count_tokens(system_text) + sum(count_tokens(t) for t in texts)
+        return text, prompt_tokens, count_tokens(text)
+
+    def complete(self, request: Any) -> Any:
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        text, prompt_tokens, completion_tokens = self._respond(request)
         return Response(
             id=None,
             model=DUMMY_MODEL,
             message=Message.assistant([TextPart(text)]),
             finish_reason="stop",
-            usage=Usage(input_tokens=0, output_tokens=0, total_tokens=0),
+            usage=Usage(
+                input_tokens=prompt_tokens,
+                output_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
         )
 
-    def stream(self, request: Any) -> Any:
-        from dspy.lm15 import response_to_events
+    def stream(self, request: Any) -> Iterator[Any]:
+        """The answer as lm15 stream events: start, one text delta per piece, end (with usage).
 
-        return response_to_events(self.complete(request))
+        Between pieces the current request is checked: abandoned (cancelled, past its
+        deadline) streaming work stops there.
+        """
+        from dspy.lm15 import StreamDeltaEvent, StreamEndEvent, StreamStartEvent, TextDelta, Usage
+
+        text, prompt_tokens, completion_tokens = self._respond(request)
+        slot = current_request()
+        yield StreamStartEvent(id=None, model=DUMMY_MODEL)
+        for piece in stream_pieces(text):
+            if slot is not None:
+                slot.check()
+            yield StreamDeltaEvent(delta=TextDelta(text=piece, part_index=0))
+        yield StreamEndEvent(
+            finish_reason="stop",
+            usage=Usage(
+                input_tokens=prompt_tokens,
+                output_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+        )
 
     def close(self) -> None:
         return None

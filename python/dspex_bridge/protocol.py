@@ -253,6 +253,18 @@ class FrameWriter:
         with self.lock:
             self._write_locked(frame(body))
 
+    def send_strict(self, message: dict[str, Any]) -> None:
+        """Encode and write a non-reply frame (an event, a callback); ``ValueError`` (and
+        nothing written) when it cannot be encoded or is larger than the maximum."""
+        try:
+            body = encode(message)
+        except Exception as exc:  # reported to the caller as ValueError
+            raise ValueError(f"frame could not be encoded as MessagePack: {exc}") from exc
+        if len(body) > self.max_frame:
+            raise ValueError(f"frame of {len(body)} bytes exceeds max frame {self.max_frame}")
+        with self.lock:
+            self._write_locked(frame(body))
+
 
 def _unencodable(message: dict[str, Any], exc: Exception) -> dict[str, Any]:
     return {

@@ -17,6 +17,13 @@ While a handler runs, its slot is the thread's *current request* (a context vari
 One daemon thread (``DeadlineScheduler``) keeps a heap of ``(deadline, slot)`` and fires
 expired slots, so a deadline is honoured even when every request thread is busy or the
 request is still queued in the thread pool.
+
+A slot also carries the request's other frames (Protocol 2): event frames
+(``slot.event(kind, data)``, only when the request carried ``"events": true``) and callback
+frames (``slot.callback(name, args)``, see ``callbacks.py``). Both are written under the
+slot's lock and only while it is unanswered, so none can follow the reply. Code that must
+stop when the request is abandoned registers a hook (``slot.on_abandon(fn)``): pending
+callbacks are released that way, and a streaming run is cancelled.
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BridgeError, Cancelled, DeadlineExceeded
+
+if TYPE_CHECKING:
+    from .callbacks import CallbackTable
 
 log = logging.getLogger("dspex_bridge.requests")
 
@@ -40,6 +50,7 @@ MAX_REQUEST_ID = (1 << 64) - 1
 Send = Callable[[dict[str, Any]], None]
 # Called once per slot, after its answer: (slot, error kind or None, whether a frame was sent).
 OnAnswer = Callable[["ReplySlot", str | None, bool], None]
+AbandonHook = Callable[[], None]
 
 # Who answered a slot.
 BY_HANDLER = "handler"
@@ -84,6 +95,10 @@ class ReplySlot:
         deadline_ms: float | None,
         send: Send,
         on_answer: OnAnswer | None = None,
+        *,
+        events: bool = False,
+        callbacks: CallbackTable | None = None,
+        send_side: Send | None = None,
     ) -> None:
         self.request_id = request_id
         self.command = command
@@ -93,11 +108,18 @@ class ReplySlot:
             None if deadline_ms is None else received + deadline_ms / 1000.0
         )
         self.abandoned = threading.Event()
+        # Whether the request carried ``"events": true`` (only then are event frames sent).
+        self.events = events
+        self._callbacks = callbacks
         self._send = send
+        # Writes event and callback frames: raises (writing nothing) when one cannot be
+        # framed, where ``send`` would turn it into an error *reply*.
+        self._send_side = send_side or send
         self._on_answer = on_answer
         self._lock = threading.Lock()
         self._answered = False
         self._started = False
+        self._hooks: list[AbandonHook] = []
         self.answered_by: str | None = None
 
     def __repr__(self) -> str:
@@ -150,6 +172,7 @@ class ReplySlot:
         return self._answer(lambda: message, by, abandon)
 
     def _answer(self, build: Callable[[], dict[str, Any] | None], by: str, abandon: bool) -> bool:
+        hooks: list[AbandonHook] = []
         with self._lock:
             if self._answered:
                 return False
@@ -157,10 +180,13 @@ class ReplySlot:
             self.answered_by = by
             if abandon:
                 self.abandoned.set()
+                hooks, self._hooks = self._hooks, []
             # Built under the lock: ``started`` cannot change any more (``begin`` takes it).
             message = build()
             if message is not None:
                 self._send(message)
+        for hook in hooks:
+            _run_hook(hook, self)
         if self._on_answer is not None:
             kind: str | None = None
             if message is not None and message.get("ok") is False:
@@ -168,6 +194,59 @@ class ReplySlot:
                 kind = error.get("kind") if isinstance(error, dict) else None
             self._on_answer(self, kind, message is not None)
         return True
+
+    # -- other frames of the request (Protocol 2) -------------------------------------------
+
+    def send_frame(self, message: dict[str, Any]) -> bool:
+        """Write a non-reply frame of this request unless it was answered; True if written.
+
+        Written under the slot's lock, so no frame of a request ever follows its reply. A
+        frame that cannot be framed (too large) raises ``ValueError``.
+        """
+        with self._lock:
+            if self._answered:
+                return False
+            self._send_side(message)
+            return True
+
+    def event(self, kind: str, data: dict[str, Any]) -> bool:
+        """Send ``{"id", "event": kind, "data"}`` if the request asked for events (and is open)."""
+        if not self.events:
+            return False
+        return self.send_frame({"id": self.request_id, "event": kind, "data": data})
+
+    def callback(self, name: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+        """Ask the host to run ``name(args)`` and wait for its answer (see ``callbacks.py``).
+
+        Raises ``callbacks.CallbackError`` for an error answer (or a ``timeout``), and the
+        abandonment error (``Cancelled`` / ``DeadlineExceeded``) at once when the request is
+        abandoned while waiting.
+        """
+        if self._callbacks is None:
+            raise RuntimeError("this request cannot call back to the host (no callback table)")
+        return self._callbacks.call(self, name, args, timeout)
+
+    def on_abandon(self, hook: AbandonHook) -> Callable[[], None]:
+        """Run ``hook`` when the request is abandoned (at once if it already is).
+
+        Returns a function that unregisters the hook. Hooks run on the thread that abandons
+        the request (the deadline scheduler, or the reader thread for ``cancel``): they must
+        be quick and must not block.
+        """
+        with self._lock:
+            if not self.abandoned.is_set():
+                self._hooks.append(hook)
+                registered = True
+            else:
+                registered = False
+        if not registered:
+            _run_hook(hook, self)
+
+        def remove() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._hooks.remove(hook)
+
+        return remove
 
     def deadline_error(self) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -228,6 +307,13 @@ class ReplySlot:
                 return
             if self.abandoned.wait(left):
                 raise self.abandon_error()
+
+
+def _run_hook(hook: AbandonHook, slot: ReplySlot) -> None:
+    try:
+        hook()
+    except Exception:  # a hook must never break answering
+        log.exception("abandon hook of request %d failed", slot.request_id)
 
 
 def cooperative_sleep(seconds: float) -> None:
@@ -314,9 +400,17 @@ class DeadlineScheduler:
 class RequestTable:
     """The pending requests of a worker by id (for ``cancel``) and their deadlines."""
 
-    def __init__(self, send: Send, on_answer: OnAnswer | None = None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        on_answer: OnAnswer | None = None,
+        callbacks: CallbackTable | None = None,
+        send_side: Send | None = None,
+    ) -> None:
         self._send = send
+        self._send_side = send_side
         self._on_answer = on_answer
+        self.callbacks = callbacks
         self._lock = threading.Lock()
         self._pending: dict[int, ReplySlot] = {}
         self.scheduler = DeadlineScheduler()
@@ -329,9 +423,20 @@ class RequestTable:
         deadline_ms: float | None,
         *,
         track: bool = True,
+        events: bool = False,
     ) -> ReplySlot:
         """A slot for a new request; ``track`` registers it for ``cancel`` and its deadline."""
-        slot = ReplySlot(request_id, command, received, deadline_ms, self._send, self._answered)
+        slot = ReplySlot(
+            request_id,
+            command,
+            received,
+            deadline_ms,
+            self._send,
+            self._answered,
+            events=events,
+            callbacks=self.callbacks,
+            send_side=self._send_side,
+        )
         if track:
             with self._lock:
                 self._pending[request_id] = slot

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import protocol
+from .callbacks import CallbackTable
 from .commands import Command, Context, NoReply, Registry, WorkerState, default_registry
 from .errors import InvalidArguments, ProtocolError, UnknownCommand, from_exception
 from .logs import setup_logging
@@ -27,7 +28,7 @@ from .requests import MAX_REQUEST_ID, ReplySlot, RequestTable, bind
 
 PROTOCOL_VERSION = 2
 # The Protocol 2 features this worker implements (shared/design/protocol.md).
-FEATURES: tuple[str, ...] = ("deadline", "cancel")
+FEATURES: tuple[str, ...] = ("deadline", "events", "callbacks", "cancel")
 DEFAULT_MAX_CONCURRENCY = 16
 EOF_GRACE_S = 0.5
 
@@ -43,6 +44,7 @@ class Options:
     lazy_dspy: bool
     faults: bool
     log_level: str | None
+    project_dir: str | None = None
 
 
 def _positive_int(raw: str | None, what: str, default: int, hi: int) -> int:
@@ -57,6 +59,19 @@ def _positive_int(raw: str | None, what: str, default: int, hi: int) -> int:
         log.warning("ignoring %s=%r: out of range", what, raw)
         return default
     return value
+
+
+def project_dir_from_env(raw: str | None) -> str | None:
+    """``DSPEX_PROJECT_DIR``: an absolute path of a directory, or None (logged when unusable)."""
+    if raw is None or raw.strip() == "":
+        return None
+    if not os.path.isabs(raw):
+        log.warning("ignoring DSPEX_PROJECT_DIR=%r: not an absolute path", raw)
+        return None
+    if not os.path.isdir(raw):
+        log.warning("ignoring DSPEX_PROJECT_DIR=%r: not a directory", raw)
+        return None
+    return os.path.realpath(raw)
 
 
 def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
@@ -93,6 +108,7 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
         lazy_dspy=env.get("DSPEX_LAZY_DSPY") == "1",
         faults=env.get("DSPEX_TEST_FAULTS") == "1",
         log_level=ns.log_level,
+        project_dir=project_dir_from_env(env.get("DSPEX_PROJECT_DIR")),
     )
     return options, unknown
 
@@ -119,8 +135,10 @@ class Server:
         self.max_concurrency = options.max_concurrency
         self.reader = protocol.FrameReader(in_fd, options.max_frame)
         self.writer = protocol.FrameWriter(proto_fd, options.max_frame)
-        self.state = WorkerState(options.worker_id)
-        self.requests = RequestTable(self.send, self._answered)
+        self.state = WorkerState(options.worker_id, options.project_dir)
+        self.callbacks = CallbackTable()
+        self.state.callbacks = self.callbacks
+        self.requests = RequestTable(self.send, self._answered, self.callbacks, self.send_side)
         self.executor = ThreadPoolExecutor(
             max_workers=options.max_concurrency, thread_name_prefix="dspex-req"
         )
@@ -167,6 +185,14 @@ class Server:
     def send(self, message: dict[str, Any]) -> None:
         try:
             self.writer.send(message)
+        except OSError as exc:
+            log.error("protocol stream lost (%s); exiting", exc)
+            self.exit_now(0)
+
+    def send_side(self, message: dict[str, Any]) -> None:
+        """Write an event or callback frame (``ValueError`` if it cannot be framed)."""
+        try:
+            self.writer.send_strict(message)
         except OSError as exc:
             log.error("protocol stream lost (%s); exiting", exc)
             self.exit_now(0)
@@ -243,6 +269,10 @@ class Server:
                 {"reason": "not_a_map"},
             )
             return
+        if "command" not in message and "call" in message:
+            # The host's answer to one of our callbacks (Protocol 2), not a request.
+            self.callbacks.answer(message)
+            return
         request_id = message.get("id")
         if (
             not isinstance(request_id, int)
@@ -259,7 +289,7 @@ class Server:
             )
             return
         try:
-            args, session_id, deadline_ms = self._envelope(message)
+            args, session_id, deadline_ms, events = self._envelope(message)
         except InvalidArguments as exc:
             self.reject(request_id, exc)
             return
@@ -276,7 +306,9 @@ class Server:
         self.state.stats.started(command)
         # Inline commands answer before the next frame is read: nothing can cancel them, and
         # their deadline is only checked before they run.
-        slot = self.requests.open(request_id, command, received, deadline_ms, track=not cmd.inline)
+        slot = self.requests.open(
+            request_id, command, received, deadline_ms, track=not cmd.inline, events=events
+        )
         ctx = Context(
             request_id=request_id,
             command=command,
@@ -298,7 +330,9 @@ class Server:
         self.state.stats.answered(kind, replied=replied)
 
     @staticmethod
-    def _envelope(message: dict[str, Any]) -> tuple[dict[str, Any], str | None, float | None]:
+    def _envelope(
+        message: dict[str, Any],
+    ) -> tuple[dict[str, Any], str | None, float | None, bool]:
         args = message.get("args")
         if args is None:
             args = {}
@@ -314,7 +348,12 @@ class Server:
                 raise InvalidArguments(
                     "'deadline_ms' must be a non-negative number", {"field": "deadline_ms"}
                 )
-        return args, session_id, deadline_ms
+        events = message.get("events", False)
+        if events is None:
+            events = False
+        if not isinstance(events, bool):
+            raise InvalidArguments("'events' must be a bool", {"field": "events"})
+        return args, session_id, deadline_ms, events
 
     def execute(self, cmd: Command, ctx: Context, args: dict[str, Any]) -> None:
         """Run a handler and answer through its slot (unless the slot was answered first)."""
@@ -429,6 +468,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     _install_signal_handlers()
     if unknown:
         log.info("ignoring unknown arguments: %s", " ".join(unknown))
+    if options.project_dir is not None:
+        # The user's own modules (``module: "python"``) are imported from here only.
+        sys.path.insert(0, options.project_dir)
+        log.info("project directory %s (python modules enabled)", options.project_dir)
     if options.mode != "worker":
         log.warning("unknown mode %r; running as a worker", options.mode)
     registry = default_registry()

@@ -2,7 +2,7 @@
 
 Type grammar (parsed by a recursive-descent parser; nothing a caller sends is evaluated)::
 
-    type    := "str" | "int" | "float" | "bool"
+    type    := "str" | "int" | "float" | "bool" | "history"
              | "list" "[" type "]"
              | "dict" "[" "str" "," type "]"
              | "optional" "[" type "]"
@@ -13,6 +13,11 @@ Type grammar (parsed by a recursive-descent parser; nothing a caller sends is ev
 
 Constructor names are case-insensitive (``List[str]`` and ``Optional[int]`` are accepted);
 whitespace between tokens is ignored.
+
+``history`` is a conversation history (``dspy.History``): only as the whole type of an input
+field (not nested, not an output, at most one per signature). Its value is
+``{"messages": [map, ...]}``, each map the field values of one earlier turn; an optional
+history field that is absent (or null) is an empty history.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ MAX_TYPE_DEPTH: int = 32
 MAX_FIELDS: int = 256
 
 SCALARS: tuple[str, ...] = ("str", "int", "float", "bool")
+HISTORY = "history"
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class TypeSpec:
 
     def render(self) -> str:
         """Canonical spelling of the type."""
-        if self.kind in SCALARS:
+        if self.kind in SCALARS or self.kind == HISTORY:
             return self.kind
         if self.kind == "list":
             return f"list[{self._item().render()}]"
@@ -61,6 +67,10 @@ class TypeSpec:
             return float
         if self.kind == "bool":
             return bool
+        if self.kind == HISTORY:
+            import dspy
+
+            return dspy.History
         if self.kind == "list":
             return list[self._item().annotation()]  # type: ignore[misc]
         if self.kind == "dict":
@@ -71,6 +81,11 @@ class TypeSpec:
 
     def allows_none(self) -> bool:
         return self.kind == "optional"
+
+    def contains_history(self) -> bool:
+        if self.kind == HISTORY:
+            return True
+        return self.item is not None and self.item.contains_history()
 
     def _item(self) -> TypeSpec:
         assert self.item is not None
@@ -131,7 +146,7 @@ class _TypeParser:
             raise self.error(f"nesting deeper than {MAX_TYPE_DEPTH}")
         word = self.name()
         name = word.lower()
-        if name in SCALARS:
+        if name in SCALARS or name == HISTORY:
             if self.peek() == "[":
                 raise self.error(f"{word} takes no parameters")
             return TypeSpec(name)
@@ -220,7 +235,7 @@ class FieldSpec:
     @property
     def effective_type(self) -> TypeSpec:
         """The declared type, widened to ``optional[...]`` for an optional field."""
-        if self.optional and self.type.kind != "optional":
+        if self.optional and self.type.kind not in ("optional", HISTORY):
             return TypeSpec("optional", self.type)
         return self.type
 
@@ -322,7 +337,30 @@ def parse_signature(raw: Any) -> SignatureSpec:
         if spec.name in seen:
             raise SignatureError(f"duplicate field name {spec.name!r}", {"field": spec.name})
         seen.add(spec.name)
+    _check_history_fields(inputs, outputs)
     return SignatureSpec(name, instructions, inputs, outputs)
+
+
+def _check_history_fields(inputs: tuple[FieldSpec, ...], outputs: tuple[FieldSpec, ...]) -> None:
+    for f in outputs:
+        if f.type.contains_history():
+            raise SignatureError(
+                f"output {f.name!r}: history is an input type only", {"field": f.name}
+            )
+    histories = []
+    for f in inputs:
+        if f.type.kind == HISTORY:
+            histories.append(f.name)
+        elif f.type.contains_history():
+            raise SignatureError(
+                f"input {f.name!r}: history is only allowed as the whole type of a field",
+                {"field": f.name, "type": f.type.render()},
+            )
+    if len(histories) > 1:
+        raise SignatureError(
+            f"at most one history field per signature, got {histories}",
+            {"field": histories[1], "fields": histories},
+        )
 
 
 def _type_name(value: Any) -> str:
@@ -379,7 +417,46 @@ def _mismatch(spec: TypeSpec, value: Any, path: str) -> tuple[str, str, str] | N
         if isinstance(value, str) and value in spec.values:
             return None
         return (path, spec.render(), repr(value) if isinstance(value, str) else _type_name(value))
+    if kind == HISTORY:
+        return _history_mismatch(value, path)
     return bad
+
+
+_HISTORY_SHAPE = 'history ({"messages": [map, ...]})'
+
+
+def _history_mismatch(value: Any, path: str) -> tuple[str, str, str] | None:
+    if not isinstance(value, dict):
+        return (path, _HISTORY_SHAPE, _type_name(value))
+    extra = sorted(str(k) for k in value if k != "messages")
+    if extra:
+        return (path, _HISTORY_SHAPE, f"map with keys {extra}")
+    messages = value.get("messages")
+    if not isinstance(messages, list):
+        return (f"{path}.messages", "list of maps", _type_name(messages))
+    for i, message in enumerate(messages):
+        where = f"{path}.messages[{i}]"
+        if not isinstance(message, dict):
+            return (where, "map", _type_name(message))
+        for key in message:
+            if not isinstance(key, str):
+                return (where, "map with string keys", f"map with a {_type_name(key)} key")
+    return None
+
+
+def to_dspy_inputs(spec: SignatureSpec, checked: dict[str, Any]) -> dict[str, Any]:
+    """Checked input values as DSPy takes them (a ``history`` value becomes ``dspy.History``)."""
+    histories = [f.name for f in spec.inputs if f.type.kind == HISTORY]
+    if not histories:
+        return checked
+    import dspy
+
+    out = dict(checked)
+    for name in histories:
+        value = out.get(name)
+        messages = value.get("messages", []) if isinstance(value, dict) else []
+        out[name] = dspy.History(messages=list(messages))
+    return out
 
 
 class _Unconvertible(Exception):

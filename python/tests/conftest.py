@@ -67,6 +67,16 @@ class Worker:
         self.stderr_watch: dict[str, int] = {}
         self.ready: dict[str, Any] = {}
         self._stderr_cond = threading.Condition()
+        # Protocol 2 side frames: events and callbacks, by request id, and every decoded map
+        # frame (replies too) in arrival order.
+        self.side_cond = threading.Condition()
+        self.log: list[dict[str, Any]] = []
+        self.events: dict[int, list[dict[str, Any]]] = {}
+        self.calls: dict[int, list[dict[str, Any]]] = {}
+        # Called on the reader thread for each callback frame; returns the answer (without
+        # "call": {"ok": True, "result": ...} or {"ok": False, "error": ...}) or None to
+        # leave it unanswered (answer later with ``answer_call``).
+        self.call_handler: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
         self._ids = itertools.count(1)
         self._write_lock = threading.Lock()
         self._readers = [
@@ -104,9 +114,59 @@ class Worker:
                 self.frames.put(EOFError())
                 return
             try:
-                self.frames.put(msgpack.unpackb(body, raw=False))
+                decoded = msgpack.unpackb(body, raw=False)
             except (ValueError, msgpack.UnpackException) as exc:
                 self.frames.put(("undecodable", body, exc))
+                continue
+            if (
+                isinstance(decoded, dict)
+                and "ok" not in decoded
+                and ("event" in decoded or "call" in decoded)
+            ):
+                self._side_frame(decoded)
+                continue
+            if isinstance(decoded, dict):
+                with self.side_cond:
+                    self.log.append(decoded)
+                    self.side_cond.notify_all()
+            self.frames.put(decoded)
+
+    def _side_frame(self, frame: dict[str, Any]) -> None:
+        with self.side_cond:
+            self.log.append(frame)
+            table = self.calls if "call" in frame else self.events
+            table.setdefault(frame.get("id"), []).append(frame)
+            self.side_cond.notify_all()
+            handler = self.call_handler
+        if "call" in frame and handler is not None:
+            answer = handler(frame)
+            if answer is not None:
+                self.answer_call(frame["call"], answer)
+
+    def answer_call(self, call_id: Any, answer: dict[str, Any]) -> None:
+        """Send the host's answer to callback ``call_id``."""
+        self.send({"call": call_id, **answer})
+
+    def wait_calls(
+        self, request_id: int, count: int, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[dict[str, Any]]:
+        """Wait until request ``request_id`` has sent ``count`` callback frames."""
+        deadline = time.monotonic() + timeout
+        with self.side_cond:
+            while len(self.calls.get(request_id, [])) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"request {request_id}: {len(self.calls.get(request_id, []))} of "
+                        f"{count} callbacks within {timeout} s"
+                    )
+                self.side_cond.wait(left)
+            return list(self.calls[request_id])
+
+    def frames_of(self, request_id: int) -> list[dict[str, Any]]:
+        """Every frame of one request seen so far (events, callbacks, reply), in order."""
+        with self.side_cond:
+            return [f for f in self.log if f.get("id") == request_id and "command" not in f]
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None

@@ -381,3 +381,19 @@ def test_lm_not_configured_and_reset(spawn: SpawnFn) -> None:
     assert fresh.call("reset_state") == {"status": "reset", "programs_cleared": 1}
     assert fresh.call("list_programs") == {"programs": [], "count": 0}
     assert fresh.call("get_stats")["requests"]["total"] == 2  # list_programs, get_stats
+
+
+def test_python_modules_need_a_project_dir(worker: Worker) -> None:
+    error = worker.error(
+        "create_program",
+        {
+            "program_id": "py",
+            "signature": qa_signature(),
+            "module": "python",
+            "module_args": {"path": "userpkg.good:Echo"},
+        },
+    )
+    assert error["kind"] == "InvalidArguments"
+    assert error["details"] == {"field": "module", "module": "python", "reason": "no_project_dir"}
+    result = worker.call("execute_program", {"program_id": "hash-1", "inputs": {"question": "q"}})
+    assert result["outputs"]["answer"].startswith("answer: ")

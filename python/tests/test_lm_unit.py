@@ -178,3 +178,98 @@ def test_lm_cache_reuses_handles() -> None:
     cache.get(parse_lm_config({"model": "dummy", "seed": 1}))
     cache.get(parse_lm_config({"model": "dummy", "seed": 2}))
     assert cache.get(parse_lm_config({"model": "dummy"})) is not a
+
+
+def test_count_tokens_and_stream_pieces() -> None:
+    from dspex_bridge.lm import count_tokens, stream_pieces
+
+    assert count_tokens("Hello, world! 42 times") == 6
+    assert count_tokens("") == 0
+    text = "[[ ## answer ## ]]\nanswer: 1a2b3c4d\n\n[[ ## completed ## ]]\n"
+    pieces = stream_pieces(text)
+    assert "".join(pieces) == text
+    assert len(pieces) > 3
+    assert stream_pieces("") == []
+    assert stream_pieces("  ") == ["  "]
+
+
+def test_dummy_engine_reports_usage_and_streams_in_pieces() -> None:
+    from dspy.lm15 import Message, Request
+
+    from dspex_bridge.lm import count_tokens
+
+    engine = DummyEngine()
+    system = "Your input fields are:\n1. `q` (str):\nYour output fields are:\n1. `a` (str):\n"
+    request = Request(model="dummy", system=system, messages=(Message.user("[[ ## q ## ]]\nhi"),))
+    response = engine.complete(request)
+    text = response.message.parts[0].text
+    assert response.usage.input_tokens == count_tokens(system) + count_tokens("[[ ## q ## ]]\nhi")
+    assert response.usage.output_tokens == count_tokens(text)
+    assert response.usage.total_tokens == response.usage.input_tokens + count_tokens(text)
+    events = list(engine.stream(request))
+    deltas = [e.delta.text for e in events if e.type == "delta"]
+    assert len(deltas) > 1
+    assert "".join(deltas) == text
+    assert events[0].type == "start"
+    assert events[-1].type == "end"
+    assert events[-1].usage == response.usage
+
+
+REACT_SYSTEM = (
+    "Your input fields are:\n1. `question` (str):\n2. `trajectory` (str):\n"
+    "Your output fields are:\n1. `next_thought` (str):\n"
+    "2. `next_tool_name` (Literal['lookup', 'finish']):\n3. `next_tool_args` (dict[str, Any]):\n"
+    "All interactions will be structured in the following way\n\n"
+    "[[ ## next_tool_name ## ]]\n{next_tool_name}        # note: the value you produce must "
+    "exactly match (no extra characters) one of: lookup; finish\n\n"
+    "[[ ## next_tool_args ## ]]\n{next_tool_args}        # note: the value you produce must "
+    'adhere to the JSON schema: {"type": "object", "additionalProperties": true}\n\n'
+    "        (1) lookup, whose description is <desc>Find it.</desc>. It takes arguments "
+    "{'city': {'type': 'string'}, 'n': {'type': 'integer'}, 'hot': {'type': 'boolean'}}.\n"
+    "        (2) finish, whose description is <desc>Done.</desc>. It takes arguments {}.\n"
+)
+
+
+def _sections(text: str) -> dict[str, str]:
+    import re
+
+    parts = re.split(r"\[\[ ## (\w+) ## \]\]\n?", text)
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+
+
+def test_dummy_react_calls_the_first_tool_then_finishes() -> None:
+    import json
+
+    engine = DummyEngine()
+    first = _sections(
+        engine.answer(REACT_SYSTEM, "[[ ## question ## ]]\nq\n\n[[ ## trajectory ## ]]\n")
+    )
+    assert first["next_tool_name"] == "lookup"
+    args = json.loads(first["next_tool_args"])
+    assert set(args) == {"city", "n", "hot"}
+    assert isinstance(args["city"], str)
+    assert isinstance(args["n"], int)
+    assert isinstance(args["hot"], bool)
+    user = (
+        "[[ ## question ## ]]\nq\n\n[[ ## trajectory ## ]]\n[[ ## thought_0 ## ]]\nx\n\n"
+        "[[ ## observation_0 ## ]]\nsunny\n"
+    )
+    second = _sections(engine.answer(REACT_SYSTEM, user))
+    assert second["next_tool_name"] == "finish"
+    assert json.loads(second["next_tool_args"]) == {}
+    assert second["next_thought"] != first["next_thought"]  # the trajectory is an input
+
+
+def test_dummy_advice_names_the_modules() -> None:
+    import json
+
+    system = (
+        "Your input fields are:\n1. `module_names` (list[str]):\n"
+        "Your output fields are:\n1. `discussion` (str):\n2. `advice` (dict[str, str]):\n"
+        "[[ ## advice ## ]]\n{advice}        # note: the value you produce must adhere to the "
+        'JSON schema: {"type": "object", "additionalProperties": {"type": "string"}}\n'
+    )
+    text = DummyEngine().answer(system, '[[ ## module_names ## ]]\n[\n  "predict"\n]')
+    advice = json.loads(_sections(text)["advice"])
+    assert list(advice) == ["predict"]
+    assert advice["predict"].startswith("advice for predict: ")

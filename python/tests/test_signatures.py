@@ -270,3 +270,61 @@ def test_build_rejects_names_reserved_by_dspy(name: str) -> None:
     spec = parse_signature(_sig(outputs=[{"name": name, "type": "str"}]))
     with pytest.raises(SignatureError, match="reserved"):
         build_dspy_signature(spec)
+
+
+def test_history_type() -> None:
+    import dspy
+
+    spec = parse_type("history")
+    assert spec == TypeSpec("history")
+    assert spec.render() == "history"
+    assert spec.annotation() is dspy.History
+    assert parse_type("History") == spec
+    with pytest.raises(SignatureError):
+        parse_type("history[str]")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"messages": []}, {"messages": [{"question": "q", "answer": "a"}, {"question": "r"}]}],
+)
+def test_history_values_accepted(value: object) -> None:
+    check_value(parse_type("history"), value, "chat")
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        (None, "chat"),
+        ([{"question": "q"}], "chat"),
+        ({"messages": "q"}, "chat.messages"),
+        ({"messages": [["q"]]}, "chat.messages[0]"),
+        ({"messages": [], "turns": []}, "chat"),
+    ],
+)
+def test_history_values_rejected(value: object, path: str) -> None:
+    with pytest.raises(InvalidArguments) as info:
+        check_value(parse_type("history"), value, "chat")
+    assert info.value.details is not None
+    assert info.value.details["field"] == "chat"
+    assert info.value.details["path"] == path
+
+
+def test_history_signature_and_dspy_inputs() -> None:
+    import dspy
+
+    from dspex_bridge.signatures import to_dspy_inputs
+
+    spec = parse_signature(
+        {
+            "inputs": [{"name": "q", "type": "str"}, {"name": "chat", "type": "history"}],
+            "outputs": [{"name": "a", "type": "str"}],
+        }
+    )
+    signature = build_dspy_signature(spec)
+    assert signature.input_fields["chat"].annotation is dspy.History
+    inputs = to_dspy_inputs(spec, {"q": "x", "chat": {"messages": [{"q": "p", "a": "b"}]}})
+    assert inputs["q"] == "x"
+    assert isinstance(inputs["chat"], dspy.History)
+    assert inputs["chat"].messages == [{"q": "p", "a": "b"}]
+    assert to_dspy_inputs(spec, {"q": "x", "chat": None})["chat"].messages == []
