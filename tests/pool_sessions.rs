@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use dspex_bridge::pool::ProgramVersion;
 use dspex_bridge::pool::{
-    CheckoutOptions, Lease, PoolConfig, PoolError, PoolEvent, PoolStatus, RequestOptions, Session,
-    SlotPhase,
+    CheckoutOptions, Lease, PoolConfig, PoolError, PoolEvent, PoolStatus, RequestOptions, Run,
+    Session, SlotPhase,
 };
 use dspex_bridge::{CallOptions, WorkerError};
 use dspex_protocol::{
@@ -353,7 +353,8 @@ async fn execute_on_every_worker(pool: &TestPool, program: &ProgramVersion) {
                 let Value::Object(inputs) = json!({"question": format!("question {n}")}) else {
                     unreachable!()
                 };
-                p.execute(&program, inputs, RequestOptions::default()).await
+                p.execute(&program, Run::once(inputs), RequestOptions::default())
+                    .await
             })
         })
         .collect();
@@ -383,7 +384,7 @@ async fn programs_run_on_every_worker_and_survive_a_restart() {
             outputs: vec![FieldSpec::new("answer", "str")],
         },
         module: "predict".into(),
-        demos: vec![],
+        ..ProgramDefinition::default()
     };
     let program = pool.pool().create_program(program).await.unwrap();
     pool.pool().settled().await;

@@ -19,7 +19,7 @@ fn definitions() -> Vec<ProgramDefinition> {
             outputs: vec![FieldSpec::new("answer", "str")],
         },
         module: "predict".into(),
-        demos: vec![],
+        ..ProgramDefinition::default()
     };
     let rich = ProgramDefinition {
         program_id: "rich".into(),
@@ -49,8 +49,27 @@ fn definitions() -> Vec<ProgramDefinition> {
             json!({"text": "big", "label": "ham", "score": 1e16, "tags": {"n": -4}}),
             json!({"text": "zero", "label": "ham", "score": 0.0, "tags": {"x": 12345678901i64}}),
         ],
+        ..ProgramDefinition::default()
     };
-    vec![plain, rich]
+    // Module arguments are part of the version: a ReAct program's tools.
+    let agent = ProgramDefinition {
+        program_id: "agent".into(),
+        signature: plain.signature.clone(),
+        module: "react".into(),
+        module_args: json!({
+            "tools": [{
+                "name": "lookup",
+                "description": "Looks a word up — «vite».",
+                "args": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]},
+            }],
+            "max_iters": 4,
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+        ..ProgramDefinition::default()
+    };
+    vec![plain, rich, agent]
 }
 
 #[tokio::test(flavor = "multi_thread")]

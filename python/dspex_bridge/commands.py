@@ -469,7 +469,7 @@ def execute_program(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 def execute_batch(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Run a program on many inputs with DSPy's own parallelism (``dspy.Parallel``).
 
-    ``results`` are in input order, each ``{"outputs"}`` or ``{"error": {"kind", "message",
+    ``results`` are in input order, each ``{"outputs", "usage"}`` or ``{"error": {"kind", "message",
     "details"}}`` (a bad item does not fail the batch); ``progress`` events follow each item
     when the request carried ``events: true``. The request's deadline covers the batch.
     """

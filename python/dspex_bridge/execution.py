@@ -349,7 +349,7 @@ def run_batch(
             with bind(slot):
                 slot.check()
                 outputs, used, _ = run_program(slot, program, handle, checked_by_index[index])
-            entry: dict[str, Any] = {"outputs": outputs}
+            entry: dict[str, Any] = {"outputs": outputs, "usage": used}
         except Exception as exc:  # noqa: BLE001 - one failed item is one error entry
             entry = _error_entry(exc)
         finished(index, entry, used)

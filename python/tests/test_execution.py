@@ -192,7 +192,7 @@ def test_batch_results_in_order_with_error_entries(worker: Worker) -> None:
         assert error["kind"] == "InvalidArguments"
     for index, question in ((0, "one"), (2, "three"), (5, "six")):
         single = _execute(worker, "cot", question)
-        assert results[index] == {"outputs": single["outputs"]}
+        assert results[index] == {"outputs": single["outputs"], "usage": single["usage"]}
         assert single["usage"]["dummy"]["total_tokens"] > 0
     # usage is the sum of the three runs
     each = _execute(worker, "cot", "one")["usage"]["dummy"]
@@ -212,7 +212,7 @@ def test_batch_without_events_sends_none(worker: Worker) -> None:
         "execute_batch", {"program_id": "qa", "inputs": [{"question": "a"}, {"question": "b"}]}
     )
     reply = worker.reply(request_id)
-    assert [list(r) for r in reply["result"]["results"]] == [["outputs"], ["outputs"]]
+    assert [sorted(r) for r in reply["result"]["results"]] == [["outputs", "usage"]] * 2
     assert worker.frames_of(request_id) == [reply]
 
 
@@ -267,7 +267,7 @@ def test_batch_with_lm_id_and_carried_definition(worker: Worker) -> None:
         },
     )
     seeded = _execute(worker, "carried-batch", "x", lm_id="batch-lm")
-    assert result["results"] == [{"outputs": seeded["outputs"]}]
+    assert result["results"] == [{"outputs": seeded["outputs"], "usage": seeded["usage"]}]
     assert result["results"][0]["outputs"] != _execute(worker, "carried-batch", "x")["outputs"]
     assert worker.call("execute_batch", {"program_id": "qa", "inputs": []})["results"] == []
 

@@ -28,5 +28,6 @@ pub use env::{EnvError, InterpreterSource, PythonConfig, PythonEnv};
 pub use error::WorkerError;
 pub use pool::{Pool, PoolConfig, PoolError, PoolState, PoolStatus};
 pub use worker::{
-    CallOptions, OnHang, WorkerConfig, WorkerEvent, WorkerHandle, WorkerInfo, WorkerState,
+    CallOptions, Callbacks, Hooks, OnHang, RequestEvent, WorkerConfig, WorkerEvent, WorkerHandle,
+    WorkerInfo, WorkerState,
 };

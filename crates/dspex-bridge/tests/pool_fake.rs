@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use dspex_bridge::fake::FakeSpawner;
 use dspex_bridge::pool::{
-    CheckoutOptions, Pool, PoolConfig, PoolError, PoolEvent, PoolState, RequestOptions, Session,
+    CheckoutOptions, Pool, PoolConfig, PoolError, PoolEvent, PoolState, RequestOptions, Run,
+    Session,
 };
 use dspex_bridge::{InterpreterSource, PythonEnv, WorkerError};
 use dspex_protocol::{Command, FieldSpec, LmConfig, ProgramDefinition, SignatureSpec, Value};
@@ -106,7 +107,7 @@ async fn programs_are_sent_only_to_workers_that_lack_them() {
             outputs: vec![FieldSpec::new("a", "str"), FieldSpec::new("n", "int")],
         },
         module: "predict".into(),
-        demos: vec![],
+        ..ProgramDefinition::default()
     };
     let program = pool.create_program(program).await.unwrap();
     assert_eq!(program.hash.len(), 64);
@@ -116,7 +117,7 @@ async fn programs_are_sent_only_to_workers_that_lack_them() {
             unreachable!()
         };
         let out = pool
-            .execute(&program, inputs, RequestOptions::default())
+            .execute(&program, Run::once(inputs), RequestOptions::default())
             .await
             .unwrap();
         assert!(out["outputs"]["a"].as_str().unwrap().starts_with("a: "));

@@ -468,10 +468,15 @@ impl StateMachineTest for PoolModel {
                 if !stays_stopped {
                     sys.spawner.signal(pid, Signal::SIGSTOP);
                 }
+                let worker = lease.worker().clone();
                 {
                     let mut call = pin!(lease.call(sleep_ms(nap), call));
                     let polled = sys.block_on(async { futures::poll!(call.as_mut()) });
                     assert!(polled.is_pending(), "a stopped worker answered: {polled:?}");
+                    // The actor serves its mailbox in order: once it has
+                    // answered this, it has sent the request (a request
+                    // whose caller is gone before that is never sent).
+                    sys.block_on(worker.info()).unwrap();
                 }
                 drop(lease);
                 if stays_stopped {

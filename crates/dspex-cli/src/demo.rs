@@ -251,7 +251,7 @@ fn report(
         let programs: Vec<Value> = rows
             .iter()
             .map(|(id, module, count, l)| {
-                json!({"program": id, "module": module.as_str(), "requests": count, "ok": l.len(),
+                json!({"program": id, "module": module.name(), "requests": count, "ok": l.len(),
                        "p50_ms": ms(percentile(l, 0.5)), "p99_ms": ms(percentile(l, 0.99))})
             })
             .collect();
@@ -271,7 +271,7 @@ fn report(
         for (id, module, count, l) in &rows {
             table.add_row(vec![
                 (*id).to_owned(),
-                module.as_str().to_owned(),
+                module.name().to_owned(),
                 count.to_string(),
                 l.len().to_string(),
                 format!("{:.1}", ms(percentile(l, 0.5))),

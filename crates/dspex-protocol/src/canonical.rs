@@ -6,7 +6,8 @@
 //! the host sends a definition only to a worker that lacks it. It is
 //!
 //! ```text
-//! sha256(canonical_json({"signature": <as sent>, "module": <as sent>, "demos": <as sent, [] if absent>}))
+//! sha256(canonical_json({"signature": <as sent>, "module": <as sent>, "demos": <as sent, [] if absent>,
+//!                        "module_args": <as sent, only when present and not empty>}))
 //! ```
 //!
 //! as lowercase hex, where `canonical_json` is Python's
@@ -31,11 +32,14 @@ pub fn canonical_json(value: &Value) -> String {
 /// The program hash of `definition` (see the module docs).
 pub fn program_hash(definition: &ProgramDefinition) -> String {
     let signature = serde_json::to_value(&definition.signature).unwrap_or(Value::Null);
-    let hashed = serde_json::json!({
+    let mut hashed = serde_json::json!({
         "signature": signature,
         "module": definition.module,
         "demos": definition.demos,
     });
+    if !definition.module_args.is_empty() {
+        hashed["module_args"] = Value::Object(definition.module_args.clone());
+    }
     Sha256::digest(canonical_json(&hashed).as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -90,8 +90,14 @@ pub enum ErrorKind {
     /// The request frame itself could not be decoded.
     ProtocolError,
     /// The request was cancelled (by the host's `cancel` command) before it
-    /// finished.
+    /// finished; or, answering a callback, the request's caller is gone.
     Cancelled,
+    /// A host-side handler (a tool) failed, panicked or timed out (`details`
+    /// name it).
+    ToolError,
+    /// The user's own Python module could not be imported or constructed
+    /// (`details.path`, `details.stage`; the traceback is set).
+    ModuleImportError,
     /// A word this version of the protocol does not know.
     Other(String),
 }
@@ -110,6 +116,8 @@ impl ErrorKind {
             Self::PythonException => "PythonException",
             Self::ProtocolError => "ProtocolError",
             Self::Cancelled => "Cancelled",
+            Self::ToolError => "ToolError",
+            Self::ModuleImportError => "ModuleImportError",
             Self::Other(word) => word,
         }
     }
@@ -127,6 +135,8 @@ impl ErrorKind {
             "PythonException" => Self::PythonException,
             "ProtocolError" => Self::ProtocolError,
             "Cancelled" => Self::Cancelled,
+            "ToolError" => Self::ToolError,
+            "ModuleImportError" => Self::ModuleImportError,
             other => Self::Other(other.to_owned()),
         }
     }

@@ -34,21 +34,23 @@
 mod canonical;
 mod codec;
 mod error;
+mod frames;
 mod message;
 mod secret;
 
 pub use canonical::{canonical_json, program_hash};
 pub use codec::{MessageCodec, decode_body, encode_body};
 pub use error::{ErrorKind, ProtocolError, RemoteError};
+pub use frames::{CallAnswer, CallError, CallFrame, CallId, EventFrame, HostFrame, WorkerFrame};
 pub use message::{
-    Command, ExecuteArgs, FieldSpec, LmConfig, MAX_COMMAND_NAME, ProgramDefinition, Ready, Request,
-    RequestId, Response, SignatureSpec,
+    BatchArgs, Command, ExecuteArgs, FieldSpec, LmConfig, MAX_COMMAND_NAME, ProgramDefinition,
+    Ready, Request, RequestId, Response, SignatureSpec,
 };
 pub use secret::{REDACTED, Secret, is_secret_key};
 pub use serde_json::{Map, Value};
 
 /// The newest protocol version this crate speaks (Protocol 2: deadlines,
-/// cancellation; see the handshake's `features`).
+/// events, callbacks, cancellation; see the handshake's `features`).
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest protocol version a worker may announce and still be served.

@@ -26,6 +26,9 @@ pub struct Request {
     /// Milliseconds the caller will wait; the worker may abandon work past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// Whether the worker may send event frames for this request (Protocol 2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub events: bool,
 }
 
 fn empty_map() -> Value {
@@ -42,6 +45,7 @@ impl Request {
             args,
             session_id: None,
             deadline_ms: None,
+            events: false,
         }
     }
 
@@ -228,6 +232,8 @@ pub enum Command {
     CreateProgram(ProgramDefinition),
     /// Runs a program on inputs.
     ExecuteProgram(ExecuteArgs),
+    /// Runs a program on many inputs at once, with DSPy's own parallelism.
+    ExecuteBatch(BatchArgs),
     /// Lists cached programs.
     ListPrograms,
     /// Describes one program.
@@ -246,6 +252,11 @@ pub enum Command {
     ResetState,
     /// Replies, then exits 0.
     Shutdown,
+    /// Ends request `request_id` at once (Protocol 2, feature `cancel`).
+    Cancel {
+        /// The request to cancel.
+        request_id: RequestId,
+    },
     /// Any other command.
     Custom {
         /// The command name.
@@ -271,12 +282,14 @@ impl Command {
             Self::ConfigureLm(_) | Self::RegisterLm { .. } => "configure_lm",
             Self::CreateProgram(_) => "create_program",
             Self::ExecuteProgram(_) => "execute_program",
+            Self::ExecuteBatch(_) => "execute_batch",
             Self::ListPrograms => "list_programs",
             Self::GetProgramInfo { .. } => "get_program_info",
             Self::DeleteProgram { .. } => "delete_program",
             Self::GetStats => "get_stats",
             Self::ResetState => "reset_state",
             Self::Shutdown => "shutdown",
+            Self::Cancel { .. } => "cancel",
             Self::Custom { name, .. } => name,
         }
     }
@@ -322,9 +335,11 @@ impl Command {
             }
             Self::CreateProgram(program) => to_map(&program),
             Self::ExecuteProgram(args) => to_map(&args),
+            Self::ExecuteBatch(args) => to_map(&args),
             Self::GetProgramInfo { program_id } | Self::DeleteProgram { program_id } => {
                 serde_json::json!({ "program_id": program_id })
             }
+            Self::Cancel { request_id } => serde_json::json!({ "request_id": request_id }),
             Self::Custom { args, .. } => args,
             Self::Ping
             | Self::ListPrograms
@@ -464,17 +479,22 @@ pub struct SignatureSpec {
 /// A whole program: what `create_program` takes and what `execute_program`
 /// carries when the worker may lack it. [`ProgramDefinition::hash`] names
 /// this exact version on both sides.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ProgramDefinition {
     /// The program's id.
     pub program_id: String,
     /// Its signature.
     pub signature: SignatureSpec,
-    /// `predict`, `chain_of_thought`, ...
+    /// `predict`, `chain_of_thought`, `react`, `best_of_n`, `refine`,
+    /// `multi_chain_comparison`, `python`.
     pub module: String,
     /// Few-shot examples (maps of field values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub demos: Vec<Value>,
+    /// The module's own arguments (a ReAct's tools and `max_iters`, a
+    /// reward function's name, a Python module's path, ...).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub module_args: Map<String, Value>,
 }
 
 impl ProgramDefinition {
@@ -485,7 +505,7 @@ impl ProgramDefinition {
 }
 
 /// The arguments of `execute_program`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ExecuteArgs {
     /// The program to run.
     pub program_id: String,
@@ -501,4 +521,29 @@ pub struct ExecuteArgs {
     /// for this request only; instead of `lm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lm_id: Option<String>,
+    /// Stream the output fields as `chunk` events (the request must carry
+    /// `events`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+    /// Return the LM calls' prompts and completions (`lm_history`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lm_history: bool,
+}
+
+/// The arguments of `execute_batch`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct BatchArgs {
+    /// The program to run.
+    pub program_id: String,
+    /// One map of input values per run.
+    pub inputs: Vec<Map<String, Value>>,
+    /// The full definition, for a worker that may not have it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramDefinition>,
+    /// An LM the worker registered under this id, for this batch only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm_id: Option<String>,
+    /// Threads DSPy runs the batch on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_threads: Option<u32>,
 }

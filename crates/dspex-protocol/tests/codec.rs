@@ -29,7 +29,7 @@ fn request_round_trip_uses_named_fields() {
             inputs: json!({"question": "why?"}).as_object().unwrap().clone(),
             program: None,
             lm: Some(LmConfig::dummy()),
-            lm_id: None,
+            ..ExecuteArgs::default()
         }),
     )
     .with_session("s1")
@@ -266,6 +266,7 @@ fn program_definition_matches_the_contract_shape() {
         },
         module: "chain_of_thought".into(),
         demos: vec![],
+        ..ProgramDefinition::default()
     };
     let request = Request::new(1, Command::CreateProgram(program));
     assert_eq!(
@@ -356,6 +357,7 @@ fn the_program_hash_is_the_documented_one() {
         },
         module: "predict".into(),
         demos: vec![json!({"question": "2+2?", "answer": "4", "score": 0.5})],
+        ..ProgramDefinition::default()
     };
     // sha256 of the canonical JSON the Python worker hashes (see
     // python/dspex_bridge/commands.py `program_hash`): computed there with
@@ -447,7 +449,7 @@ proptest! {
         session in proptest::option::of("[a-z0-9-]{1,12}"),
         deadline in proptest::option::of(any::<u64>()),
     ) {
-        let request = Request { id, command, args, session_id: session, deadline_ms: deadline };
+        let request = Request { id, command, args, session_id: session, deadline_ms: deadline, events: false };
         let mut wire = BytesMut::new();
         Client::default().encode(&request, &mut wire).unwrap();
         prop_assert_eq!(Worker::default().decode(&mut wire).unwrap(), Some(request));

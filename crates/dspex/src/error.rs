@@ -33,8 +33,12 @@ pub enum Category {
     WorkerCrashed,
     /// The worker broke the wire protocol (it was replaced).
     Protocol,
-    /// Python raised an exception while serving the call.
+    /// Python raised an exception while serving the call (the service's
+    /// own module failed to import, to build, or in `forward`).
     Python,
+    /// A Rust tool or reward function failed, and the program could not go
+    /// on without it.
+    Tool,
     /// The language model failed or is not configured.
     Lm,
     /// A stateful session lost its worker.
@@ -127,6 +131,16 @@ pub enum Error {
         /// The Python traceback.
         traceback: Option<String>,
     },
+    /// A host function (a tool, a reward) failed and the program gave up:
+    /// DSPy's ReAct shows a tool's error to the LM and goes on, but
+    /// `best_of_n` and `refine` need their reward.
+    #[error("tool `{tool}` failed: {message}")]
+    Tool {
+        /// The tool or reward function.
+        tool: String,
+        /// What happened.
+        message: String,
+    },
     /// The LM failed or is not configured.
     #[error("LM error: {message}")]
     Lm {
@@ -192,6 +206,7 @@ impl Error {
             Self::WorkerCrashed { .. } => Category::WorkerCrashed,
             Self::Protocol { .. } => Category::Protocol,
             Self::Python { .. } => Category::Python,
+            Self::Tool { .. } => Category::Tool,
             Self::Lm { .. } => Category::Lm,
             Self::SessionLost { .. } => Category::Session,
             Self::Unavailable { .. } => Category::Unavailable,
@@ -212,6 +227,7 @@ impl Error {
             Self::Configuration { .. }
             | Self::Validation { .. }
             | Self::Python { .. }
+            | Self::Tool { .. }
             | Self::SessionLost { .. } => false,
         }
     }
@@ -337,18 +353,33 @@ impl From<WorkerError> for Error {
     fn from(error: WorkerError) -> Self {
         match error {
             WorkerError::Remote(remote) => match remote.kind {
-                ErrorKind::InvalidArguments | ErrorKind::SignatureError => Self::Validation {
-                    what: if remote.kind == ErrorKind::SignatureError {
-                        "signature"
-                    } else {
-                        "input"
-                    },
-                    field: remote
+                ErrorKind::InvalidArguments | ErrorKind::SignatureError => {
+                    let field = remote
                         .details
                         .as_ref()
                         .and_then(|d| d.get("field"))
                         .and_then(|f| f.as_str())
-                        .map(str::to_owned),
+                        .map(str::to_owned);
+                    let what = match (remote.kind, field.as_deref()) {
+                        (ErrorKind::SignatureError, _) => "signature",
+                        (_, Some("module" | "module_args")) => "module",
+                        (_, Some("demos")) => "demo",
+                        _ => "input",
+                    };
+                    Self::Validation {
+                        what,
+                        field,
+                        message: remote.message,
+                    }
+                }
+                ErrorKind::ToolError => Self::Tool {
+                    tool: remote
+                        .details
+                        .as_ref()
+                        .and_then(|d| d.get("tool"))
+                        .and_then(|t| t.as_str())
+                        .unwrap_or("?")
+                        .to_owned(),
                     message: remote.message,
                 },
                 ErrorKind::ProgramNotFound => Self::validation("program", None, remote.message),

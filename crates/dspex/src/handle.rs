@@ -1,14 +1,18 @@
 //! [`Dspex`]: the handle a service holds, and [`DspexBuilder`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use dspex_bridge::pool::{ProgramVersion, Session as PoolSession};
-use dspex_protocol::{LmConfig, Map, ProgramDefinition, Value};
+use dspex_bridge::pool::{ProgramVersion, Run, Session as PoolSession};
+use dspex_bridge::{Hooks, RequestEvent, WorkerError};
+use dspex_protocol::{
+    BatchArgs, ExecuteArgs, LmConfig, Map, ProgramDefinition, RemoteError, Value,
+};
+use futures::FutureExt;
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tower::ServiceExt;
 
 use crate::adapter::{
@@ -18,11 +22,14 @@ use crate::adapter::{
 use crate::config::{AdapterKind, Config, ModeSetting};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::program::{Module, Prediction, Program, ProgramInfo};
+use crate::module::Module;
+use crate::program::{Prediction, Program, ProgramInfo, ProgramUsage};
 use crate::resilience::{
     BreakerStatus, CircuitBreaker, ExecuteStack, Gate, RetryPolicy, Retrying, StackParts,
 };
 use crate::signature::{Signature, TypedSignature};
+use crate::stream::PredictionStream;
+use crate::tool::Handlers;
 
 /// Per-call options of [`Dspex::execute`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -41,6 +48,12 @@ pub struct ExecuteOptions {
     pub idempotent: bool,
     /// Overrides the retry policy for this call.
     pub retry: Option<RetryPolicy>,
+    /// Return the LM calls' prompts and completions with the prediction
+    /// ([`Prediction::lm_history`]); for debugging, off by default.
+    pub lm_history: bool,
+    /// Threads DSPy runs a batch on ([`Dspex::execute_batch`]; default:
+    /// the worker's choice).
+    pub threads: Option<u32>,
 }
 
 impl ExecuteOptions {
@@ -71,6 +84,20 @@ impl ExecuteOptions {
         self.retry = Some(retry);
         self
     }
+
+    /// Asks for the LM calls' prompts and completions.
+    #[must_use]
+    pub fn lm_history(mut self) -> Self {
+        self.lm_history = true;
+        self
+    }
+
+    /// Sets the threads of a batch.
+    #[must_use]
+    pub fn threads(mut self, threads: u32) -> Self {
+        self.threads = Some(threads);
+        self
+    }
 }
 
 /// A snapshot of a running instance.
@@ -90,6 +117,9 @@ pub struct Status {
     pub closing: bool,
     /// Programs known.
     pub programs: usize,
+    /// LM usage by program id since the instance started (programs
+    /// deleted since included).
+    pub usage: BTreeMap<String, ProgramUsage>,
 }
 
 /// Builds a [`Dspex`]: from code, a TOML file and/or `DSPEX_*` variables,
@@ -293,6 +323,7 @@ impl DspexBuilder {
                 retry,
                 shutdown_grace: config.shutdown_grace(),
                 programs: RwLock::default(),
+                usage: Mutex::default(),
             }),
         };
         let lm = match (self.lm, &config.lm) {
@@ -347,6 +378,7 @@ struct Inner {
     shutdown_grace: Duration,
     /// The one store of programs: every adapter is given the version it runs.
     programs: RwLock<HashMap<String, Arc<ProgramEntry>>>,
+    usage: Mutex<BTreeMap<String, ProgramUsage>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -363,6 +395,9 @@ impl std::fmt::Debug for Inner {
 pub(crate) struct ProgramEntry {
     pub(crate) version: ProgramVersion,
     pub(crate) signature: Signature,
+    pub(crate) module: Module,
+    /// Its tools and reward, run when the worker calls back.
+    pub(crate) handlers: Arc<Handlers>,
 }
 
 impl Dspex {
@@ -386,32 +421,84 @@ impl Dspex {
         Ok(())
     }
 
-    /// Creates (or replaces) a program from a signature and a module.
+    /// Creates (or replaces) a program from a signature and a module (see
+    /// [`Module`]: `predict`, `chain_of_thought`, ReAct over Rust tools,
+    /// `best_of_n` and `refine` with a Rust reward, the service's own
+    /// Python module, ...).
     ///
     /// # Cancel safety
     /// If dropped before the adapter answered, the program is not known.
     ///
     /// # Errors
-    /// [`Error::Validation`] for a bad id or a signature the worker rejects.
+    /// [`Error::Validation`] for a bad id, a module the workers refuse (one
+    /// that needs Deno, a Python module outside the configured project) or
+    /// a signature the worker rejects.
     pub async fn create_program(
         &self,
         program_id: &str,
         signature: Signature,
+        module: impl Into<Module>,
+    ) -> Result<ProgramInfo> {
+        self.define(program_id, signature, module.into(), Vec::new())
+            .await
+    }
+
+    /// Gives a program few-shot examples (maps of field values: its inputs
+    /// and the outputs they should produce), checked against its signature.
+    /// The program is redefined with them; workers load the new version on
+    /// their next call. An empty list removes them.
+    ///
+    /// # Cancel safety
+    /// As [`Dspex::create_program`].
+    ///
+    /// # Errors
+    /// [`Error::Validation`] naming the demo and the field when one does not
+    /// fit the signature (nothing changes then), or if there is no such
+    /// program.
+    pub async fn set_demos(
+        &self,
+        program_id: &str,
+        demos: Vec<Map<String, Value>>,
+    ) -> Result<ProgramInfo> {
+        let entry = self.entry(program_id)?;
+        self.define(
+            program_id,
+            entry.signature.clone(),
+            entry.module.clone(),
+            demos,
+        )
+        .await
+    }
+
+    /// The one way a program comes to be.
+    async fn define(
+        &self,
+        program_id: &str,
+        signature: Signature,
         module: Module,
+        demos: Vec<Map<String, Value>>,
     ) -> Result<ProgramInfo> {
         validate_program_id(program_id)?;
+        let (module_args, handlers) = module.build()?;
+        check_demos(&signature, &module, &demos)?;
         let version = ProgramVersion::new(ProgramDefinition {
             program_id: program_id.to_owned(),
             signature: signature.to_spec(),
-            module: module.as_str().to_owned(),
-            demos: Vec::new(),
+            module: module.name().to_owned(),
+            demos: demos.into_iter().map(Value::Object).collect(),
+            module_args,
         });
         let _admitted = self.inner.gate.admit()?;
         self.inner
             .adapter
             .call(Operation::CreateProgram(version.clone()))
             .await?;
-        let entry = Arc::new(ProgramEntry { version, signature });
+        let entry = Arc::new(ProgramEntry {
+            version,
+            signature,
+            module,
+            handlers: Arc::new(handlers),
+        });
         let info = ProgramInfo::of(&entry);
         self.write_programs().insert(program_id.to_owned(), entry);
         Ok(info)
@@ -448,7 +535,7 @@ impl Dspex {
     pub async fn program<S: TypedSignature>(
         &self,
         program_id: &str,
-        module: Module,
+        module: impl Into<Module>,
     ) -> Result<Program<S>> {
         self.create_program(program_id, S::signature(), module)
             .await?;
@@ -509,13 +596,149 @@ impl Dspex {
         let inputs = to_map(&inputs)?;
         entry.signature.validate_inputs(&inputs)?;
         let started = Instant::now();
+        let run = Run::One(ExecuteArgs {
+            inputs,
+            lm_history: options.lm_history,
+            ..ExecuteArgs::default()
+        });
+        let executed = self.send(&entry, run, options, None).await?;
+        self.prediction(&entry, executed.reply, executed.attempts, started)
+    }
+
+    /// Runs a program and streams its output fields as the LM writes them
+    /// (DSPy's `streamify` with a listener per output field), then yields
+    /// the [`Prediction`]. Inputs are checked before anything is sent.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use dspex::{AdapterKind, Dspex, ExecuteOptions, LmConfig, Module, Signature, StreamEvent};
+    /// use futures::StreamExt;
+    ///
+    /// let dspex = Dspex::builder().adapter(AdapterKind::Mock).lm(LmConfig::dummy()).start().await?;
+    /// dspex.create_program("qa", Signature::parse("question -> answer")?, Module::Predict).await?;
+    /// let mut stream = dspex.execute_stream("qa", serde_json::json!({"question": "Why?"}), ExecuteOptions::default())?;
+    /// let mut answer = String::new();
+    /// while let Some(event) = stream.next().await {
+    ///     match event? {
+    ///         StreamEvent::Chunk(chunk) => answer.push_str(&chunk.text),
+    ///         StreamEvent::Prediction(prediction) => assert_eq!(prediction.get::<String>("answer")?, answer),
+    ///     }
+    /// }
+    /// # dspex.shutdown().await;
+    /// # Ok::<(), dspex::Error>(())
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Validation`] at once for bad inputs or an unknown program;
+    /// the call's own errors as the stream's last item.
+    pub fn execute_stream(
+        &self,
+        program_id: &str,
+        inputs: impl Serialize,
+        options: ExecuteOptions,
+    ) -> Result<PredictionStream> {
+        let entry = self.entry(program_id)?;
+        let inputs = to_map(&inputs)?;
+        entry.signature.validate_inputs(&inputs)?;
+        let (events, received) = mpsc::unbounded_channel();
+        let this = self.clone();
+        let call = async move {
+            let started = Instant::now();
+            let run = Run::One(ExecuteArgs {
+                inputs,
+                stream: true,
+                lm_history: options.lm_history,
+                ..ExecuteArgs::default()
+            });
+            let executed = this.send(&entry, run, options, Some(events)).await?;
+            this.prediction(&entry, executed.reply, executed.attempts, started)
+        };
+        Ok(PredictionStream::new(received, call.boxed()))
+    }
+
+    /// Runs a program on many inputs in one call: the worker runs them with
+    /// DSPy's own parallelism (`Module.batch`, `options.threads` threads).
+    /// Each input gets its own result, in order; one failing does not fail
+    /// the others.
+    ///
+    /// # Cancel safety
+    /// As [`Dspex::execute`]: a dropped call is cancelled on the worker.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] naming the item and the field when an input
+    /// does not fit the signature (nothing is sent); the call's errors when
+    /// the batch as a whole fails (no worker, a crash, its deadline).
+    pub async fn execute_batch<I: Serialize>(
+        &self,
+        program_id: &str,
+        inputs: impl IntoIterator<Item = I>,
+        options: ExecuteOptions,
+    ) -> Result<Vec<Result<Prediction>>> {
+        let entry = self.entry(program_id)?;
+        let inputs = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, inputs)| {
+                let inputs = to_map(&inputs).map_err(|e| in_item(i, e))?;
+                entry
+                    .signature
+                    .validate_inputs(&inputs)
+                    .map_err(|e| in_item(i, e.into()))?;
+                Ok(inputs)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let started = Instant::now();
+        let run = Run::Batch(BatchArgs {
+            inputs,
+            num_threads: options.threads,
+            ..BatchArgs::default()
+        });
+        let executed = self.send(&entry, run, options, None).await?;
+        let mut reply = executed.reply;
+        let model = reply.get("model").cloned();
+        let Some(Value::Array(results)) = reply.get_mut("results").map(Value::take) else {
+            return Err(Error::Protocol {
+                message: "execute_batch replied without a results list".into(),
+            });
+        };
+        Ok(results
+            .into_iter()
+            .map(|mut item| {
+                if let Some(error) = item.get_mut("error").map(Value::take) {
+                    return Err(match serde_json::from_value::<RemoteError>(error) {
+                        Ok(error) => Error::from(WorkerError::Remote(error)),
+                        Err(error) => Error::Protocol {
+                            message: format!("a batch item's error is malformed: {error}"),
+                        },
+                    });
+                }
+                if let (Some(model), Some(map)) = (&model, item.as_object_mut()) {
+                    map.entry("model").or_insert_with(|| model.clone());
+                }
+                self.prediction(&entry, item, executed.attempts, started)
+            })
+            .collect())
+    }
+
+    /// Sends a run of a program through the resilience layers.
+    async fn send(
+        &self,
+        entry: &ProgramEntry,
+        run: Run,
+        options: ExecuteOptions,
+        events: Option<mpsc::UnboundedSender<RequestEvent>>,
+    ) -> Result<crate::adapter::Executed> {
+        let callbacks = (!entry.handlers.is_empty())
+            .then(|| Arc::clone(&entry.handlers) as Arc<dyn dspex_bridge::Callbacks>);
         let request = ExecuteRequest {
             execution: Execution {
                 program: entry.version.clone(),
-                inputs,
+                run,
                 session: options.session,
                 timeout: None,
                 lm: options.lm,
+                hooks: Hooks { callbacks, events },
             },
             timeout: options.timeout,
             deadline: None,
@@ -523,11 +746,29 @@ impl Dspex {
             retry: options.retry,
             attempt: 1,
         };
-        let executed = self.inner.stack.clone().oneshot(request).await?;
-        let mut prediction = Prediction::from_reply(entry.version.id(), executed.reply)?;
+        self.inner.stack.clone().oneshot(request).await
+    }
+
+    /// A reply as a checked [`Prediction`], its usage counted.
+    fn prediction(
+        &self,
+        entry: &ProgramEntry,
+        reply: Value,
+        attempts: u32,
+        started: Instant,
+    ) -> Result<Prediction> {
+        let mut prediction = Prediction::from_reply(entry.version.id(), reply)?;
         entry.signature.validate_outputs(&prediction.outputs)?;
-        prediction.attempts = executed.attempts;
+        prediction.attempts = attempts;
         prediction.latency = started.elapsed();
+        let mut usage = self
+            .inner
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let program = usage.entry(entry.version.id().to_owned()).or_default();
+        program.calls += 1;
+        program.tokens.add(&prediction.usage);
         Ok(prediction)
     }
 
@@ -608,6 +849,12 @@ impl Dspex {
             in_flight: self.inner.gate.in_flight(),
             closing: self.inner.gate.is_closed(),
             programs: self.read_programs().len(),
+            usage: self
+                .inner
+                .usage
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         }
     }
 
@@ -647,7 +894,7 @@ impl Dspex {
         self.inner.adapter.shutdown(left).await;
     }
 
-    fn entry(&self, program_id: &str) -> Result<Arc<ProgramEntry>> {
+    pub(crate) fn entry(&self, program_id: &str) -> Result<Arc<ProgramEntry>> {
         self.read_programs()
             .get(program_id)
             .cloned()
@@ -696,7 +943,66 @@ fn validate_program_id(program_id: &str) -> Result<()> {
     }
 }
 
-fn to_map(inputs: &impl Serialize) -> Result<Map<String, Value>> {
+/// An error of batch item `i`.
+fn in_item(i: usize, error: Error) -> Error {
+    match error {
+        Error::Validation {
+            what,
+            field,
+            message,
+        } => Error::Validation {
+            what,
+            field,
+            message: format!("batch item {i}: {message}"),
+        },
+        other => other,
+    }
+}
+
+/// Checks few-shot examples against the signature: every key a field (or
+/// an output the module adds, such as `reasoning`), every input the
+/// signature requires and every output present, each of its type.
+fn check_demos(signature: &Signature, module: &Module, demos: &[Map<String, Value>]) -> Result<()> {
+    if matches!(module, Module::Python(_)) && !demos.is_empty() {
+        return Err(Error::validation(
+            "demo",
+            None,
+            "a Python module owns its predictors: give it demos in Python, not here",
+        ));
+    }
+    for (i, demo) in demos.iter().enumerate() {
+        let bad = |message: String| Error::validation("demo", Some(i.to_string()), message);
+        let mut inputs = Map::new();
+        let mut outputs = Map::new();
+        for (name, value) in demo {
+            if signature.input(name).is_some() {
+                inputs.insert(name.clone(), value.clone());
+            } else if signature.output(name).is_some()
+                || module.added_outputs().contains(&name.as_str())
+            {
+                outputs.insert(name.clone(), value.clone());
+            } else {
+                let known: Vec<&str> = signature
+                    .inputs()
+                    .iter()
+                    .chain(signature.outputs())
+                    .map(|f| f.name())
+                    .collect();
+                return Err(bad(format!(
+                    "demo {i}: unknown field `{name}`; the signature's fields are {}",
+                    known.join(", ")
+                )));
+            }
+        }
+        signature
+            .validate_inputs(&inputs)
+            .and_then(|()| signature.validate_outputs(&outputs))
+            .map_err(|error| bad(format!("demo {i}: {error}")))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn to_map(inputs: &impl Serialize) -> Result<Map<String, Value>> {
     match serde_json::to_value(inputs) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(Error::validation(

@@ -1,72 +1,141 @@
-//! Programs: [`Module`], [`ProgramInfo`], results ([`Prediction`]) and typed
+//! Programs: [`ProgramInfo`], results ([`Prediction`], [`Usage`]) and typed
 //! programs ([`Program`]).
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::time::Duration;
 
 use dspex_protocol::{Map, Value};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::handle::{Dspex, ExecuteOptions, ProgramEntry};
 use crate::signature::{Signature, TypedSignature};
-
-/// The DSPy module a program runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Module {
-    /// `dspy.Predict`: one LM call.
-    #[default]
-    Predict,
-    /// `dspy.ChainOfThought`: reasons step by step first; its prediction
-    /// carries a `reasoning` output before the declared ones.
-    ChainOfThought,
-}
-
-impl Module {
-    /// The module's name on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Predict => "predict",
-            Self::ChainOfThought => "chain_of_thought",
-        }
-    }
-}
-
-impl std::str::FromStr for Module {
-    type Err = Error;
-
-    fn from_str(name: &str) -> Result<Self> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "predict" => Ok(Self::Predict),
-            "chain_of_thought" | "chainofthought" | "cot" => Ok(Self::ChainOfThought),
-            other => Err(Error::validation(
-                "module",
-                None,
-                format!("unknown module {other:?}; use predict or chain_of_thought (cot)"),
-            )),
-        }
-    }
-}
 
 /// A program's description.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProgramInfo {
     /// Its id.
     pub program_id: String,
-    /// Its module (`predict`, `chain_of_thought`).
+    /// Its module's name (`predict`, `react`, ...).
     pub module: String,
     /// Its signature.
     pub signature: Signature,
+    /// Its few-shot examples.
+    pub demos: usize,
+    /// The names of its Rust tools (a ReAct program's).
+    pub tools: Vec<String>,
+    /// The hash of its exact definition (as the workers know it).
+    pub hash: String,
 }
 
 impl ProgramInfo {
     pub(crate) fn of(entry: &ProgramEntry) -> Self {
+        let mut tools: Vec<String> = entry
+            .handlers
+            .tools()
+            .map(|t| t.name().to_owned())
+            .collect();
+        tools.sort();
         Self {
             program_id: entry.version.definition.program_id.clone(),
             module: entry.version.definition.module.clone(),
             signature: entry.signature.clone(),
+            demos: entry.version.definition.demos.len(),
+            tools,
+            hash: entry.version.hash.clone(),
         }
     }
+}
+
+/// Tokens one model used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Tokens of the prompts.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Tokens of the completions.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Both.
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+impl TokenUsage {
+    fn add(&mut self, other: &TokenUsage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+/// The LM usage DSPy tracked for a call, by model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Usage {
+    /// Model name → its tokens.
+    pub by_model: BTreeMap<String, TokenUsage>,
+}
+
+impl Usage {
+    /// The tokens of every model together.
+    pub fn total(&self) -> TokenUsage {
+        let mut total = TokenUsage::default();
+        for usage in self.by_model.values() {
+            total.add(usage);
+        }
+        total
+    }
+
+    /// Adds `other` to this.
+    pub fn add(&mut self, other: &Usage) {
+        for (model, usage) in &other.by_model {
+            self.by_model.entry(model.clone()).or_default().add(usage);
+        }
+    }
+
+    /// Whether no tokens were used (or none were reported).
+    pub fn is_empty(&self) -> bool {
+        self.by_model.is_empty()
+    }
+
+    /// Reads the worker's `usage` map, keeping the token counts of each
+    /// model (DSPy's usage tracker reports more detail; it is ignored).
+    pub(crate) fn from_reply(value: Option<&Value>) -> Self {
+        let by_model = value
+            .and_then(Value::as_object)
+            .map(|models| {
+                models
+                    .iter()
+                    .map(|(model, usage)| {
+                        let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+                        let mut tokens = TokenUsage {
+                            prompt_tokens: count("prompt_tokens"),
+                            completion_tokens: count("completion_tokens"),
+                            total_tokens: count("total_tokens"),
+                        };
+                        if tokens.total_tokens == 0 {
+                            tokens.total_tokens = tokens.prompt_tokens + tokens.completion_tokens;
+                        }
+                        (model.clone(), tokens)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { by_model }
+    }
+}
+
+/// A program's LM usage since the instance started (see
+/// [`crate::Status::usage`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProgramUsage {
+    /// Calls that returned a prediction.
+    pub calls: u64,
+    /// Their tokens, by model.
+    pub tokens: Usage,
 }
 
 /// The result of running a program: the same shape on every adapter.
@@ -78,6 +147,11 @@ pub struct Prediction {
     pub outputs: Map<String, Value>,
     /// The LM that answered, when the worker says.
     pub model: Option<String>,
+    /// The LM usage DSPy tracked for this call.
+    pub usage: Usage,
+    /// The LM calls' prompts and completions, when the call asked for them
+    /// ([`ExecuteOptions::lm_history`]).
+    pub lm_history: Option<Vec<Value>>,
     /// Attempts it took (1 unless retried).
     pub attempts: u32,
     /// Time from the call to the result, retries included.
@@ -94,6 +168,10 @@ impl Prediction {
                 });
             }
         };
+        let lm_history = match reply.get_mut("lm_history").map(Value::take) {
+            Some(Value::Array(calls)) => Some(calls),
+            _ => None,
+        };
         Ok(Self {
             program_id: program_id.to_owned(),
             outputs,
@@ -101,6 +179,8 @@ impl Prediction {
                 .get("model")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            usage: Usage::from_reply(reply.get("usage")),
+            lm_history,
             attempts: 1,
             latency: Duration::ZERO,
         })
@@ -191,5 +271,35 @@ impl<S: TypedSignature> Program<S> {
             .execute(&self.program_id, inputs, options)
             .await?
             .into_typed()
+    }
+
+    /// Gives the program few-shot examples: each an inputs value and the
+    /// outputs it should produce, checked against the signature. The
+    /// program is redefined (a new version; workers load it on their next
+    /// call) and returned.
+    ///
+    /// # Cancel safety
+    /// As [`Dspex::create_program`].
+    ///
+    /// # Errors
+    /// [`Error::Validation`] naming the demo and the field when one does
+    /// not fit the signature; nothing changes then.
+    pub async fn with_demos(
+        self,
+        demos: impl IntoIterator<Item = (S::Inputs, S::Outputs)>,
+    ) -> Result<Self>
+    where
+        S::Outputs: Serialize,
+    {
+        let demos = demos
+            .into_iter()
+            .map(|(inputs, outputs)| {
+                let mut demo = crate::handle::to_map(&inputs)?;
+                demo.extend(crate::handle::to_map(&outputs)?);
+                Ok(demo)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.dspex.set_demos(&self.program_id, demos).await?;
+        Ok(self)
     }
 }

@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use dspex_protocol::{Command, ErrorKind, ExecuteArgs, LmConfig, Map, Value};
+use dspex_protocol::{Command, ErrorKind, LmConfig, Value};
 use futures::FutureExt;
 use ractor::ActorRef;
 use tokio::sync::oneshot;
 
-use super::ProgramVersion;
 use super::actor::{Inner, PoolMsg};
 use super::contract::checkin_decision;
+use super::{ProgramVersion, Run};
 use crate::WorkerError;
-use crate::worker::{CallOptions, WorkerHandle};
+use crate::worker::{Abandon, CallOptions, Hooks, Tracked, WorkerHandle};
 
 /// A worker checked out of the pool, for one caller.
 ///
@@ -92,6 +92,11 @@ impl Lease {
         self.worker.pid()
     }
 
+    /// The leased worker's handle.
+    pub fn worker(&self) -> &WorkerHandle {
+        &self.worker
+    }
+
     /// Sends a command to the leased worker and waits for its reply. If the
     /// pool's LM configuration changed since this worker last received it,
     /// the worker gets it first.
@@ -111,7 +116,7 @@ impl Lease {
     ) -> Result<Value, WorkerError> {
         if let Some((config, generation)) = self.pending_lm.take() {
             let configure = Command::ConfigureLm((*config).clone());
-            let applied = self.round_trip(configure, options.clone()).await;
+            let applied = self.round_trip(configure, plain(&options)).await;
             if let Err(error) = applied {
                 self.pending_lm = Some((config, generation));
                 return Err(error);
@@ -121,9 +126,10 @@ impl Lease {
         self.round_trip(command, options).await
     }
 
-    /// Runs `program` on `inputs`, sending its definition along only if this
-    /// worker does not have it yet (or lost it), and registering the LM
-    /// override `lm` (its id and configuration) only if this worker has not.
+    /// Runs `program` (once or on a batch: `run`), sending its definition
+    /// along only if this worker does not have it yet (or lost it), and
+    /// registering the LM override `lm` (its id and configuration) only if
+    /// this worker has not.
     ///
     /// # Cancel safety
     /// As [`Lease::call`].
@@ -133,7 +139,7 @@ impl Lease {
     pub async fn execute(
         &mut self,
         program: &ProgramVersion,
-        inputs: Map<String, Value>,
+        run: &Run,
         lm: Option<(&str, &LmConfig)>,
         options: CallOptions,
     ) -> Result<Value, WorkerError> {
@@ -142,19 +148,13 @@ impl Lease {
         {
             self.register_lm(lm_id, config, &options).await?;
         }
-        let args = |with_definition: bool| ExecuteArgs {
-            program_id: program.id().to_owned(),
-            inputs: inputs.clone(),
-            program: with_definition.then(|| (*program.definition).clone()),
-            lm: None,
-            lm_id: lm.map(|(id, _)| id.to_owned()),
-        };
+        let lm_id = lm.map(|(id, _)| id);
         let mut with_definition = !self.has_program;
         let mut resent = false;
         let result = loop {
             let result = self
                 .call(
-                    Command::ExecuteProgram(args(with_definition)),
+                    run.command(program, with_definition, lm_id),
                     options.clone(),
                 )
                 .await;
@@ -194,7 +194,7 @@ impl Lease {
             lm_id: lm_id.to_owned(),
             config: config.clone(),
         };
-        self.call(register, options.clone()).await?;
+        self.call(register, plain(options)).await?;
         self.has_lm = true;
         self.lm_registered = Some(lm_id.to_owned());
         Ok(())
@@ -207,11 +207,18 @@ impl Lease {
     ) -> Result<Value, WorkerError> {
         self.served = true;
         let result = match self.worker.send_tracked(command, options) {
-            Ok((reply, settled)) => {
+            Ok(Tracked {
+                reply,
+                settled,
+                abandon,
+            }) => {
                 self.unsettled.push(settled);
+                // Dropped while waiting: the worker is told its caller went.
+                let abandon = AbandonOnDrop(Some(abandon));
                 let result = reply
                     .await
                     .unwrap_or_else(|_| Err(self.worker.unavailable()));
+                abandon.disarm();
                 if !matches!(result, Err(WorkerError::RequestTimeout { .. })) {
                     // Answered: the worker owes nothing for this request.
                     self.unsettled.pop();
@@ -222,6 +229,32 @@ impl Lease {
         };
         self.outcome = Some(result.as_ref().map(|_| ()).map_err(Clone::clone));
         result
+    }
+}
+
+/// The options without the request's hooks: for the LM set-up a request
+/// needs first.
+fn plain(options: &CallOptions) -> CallOptions {
+    CallOptions {
+        hooks: Hooks::default(),
+        ..options.clone()
+    }
+}
+
+/// Abandons a request when the future waiting for its reply is dropped.
+struct AbandonOnDrop(Option<Abandon>);
+
+impl AbandonOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(abandon) = self.0.take() {
+            abandon.abandon();
+        }
     }
 }
 

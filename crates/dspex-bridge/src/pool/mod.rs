@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dspex_protocol::{Command, LmConfig, Map, ProgramDefinition, Value};
+use dspex_protocol::{BatchArgs, Command, ExecuteArgs, LmConfig, Map, ProgramDefinition, Value};
 use dspex_supervision::{
     Backoff, ChildSpec, OnGiveUp, RestartIntensity, StartError, Strategy, Supervisor,
     SupervisorHandle, SupervisorOptions,
@@ -69,7 +69,7 @@ pub use status::{PoolCounters, PoolEvent, PoolState, PoolStatus, SlotPhase, Slot
 use crate::context::{TreeContext, TreeSpec, kill_stragglers};
 use crate::health::{HealthConfig, HealthMonitor, HealthStatus};
 use crate::process::{FdLedger, RunTag, SpawnStrategy};
-use crate::worker::{CallOptions, WorkerConfig, WorkerEvent, WorkerHandle};
+use crate::worker::{CallOptions, Hooks, WorkerConfig, WorkerEvent, WorkerHandle};
 use crate::{EnvError, PythonConfig, PythonEnv, WorkerError};
 use actor::{Inner, PoolActor, PoolArgs, SessionRequest, Waiter};
 use sessions::{JanitorArgs, SessionJanitor};
@@ -283,7 +283,7 @@ impl Session {
 }
 
 /// Per-request options of [`Pool::call`] and [`Pool::execute`].
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct RequestOptions {
     /// The checkout options.
     pub checkout: CheckoutOptions,
@@ -294,6 +294,56 @@ pub struct RequestOptions {
     /// An LM for this request only (`execute` only). A worker registers it
     /// once (by [`LmConfig::id`]); later requests only name it.
     pub lm: Option<LmConfig>,
+    /// The request's callbacks and events (`execute` only).
+    pub hooks: Hooks,
+}
+
+/// What [`Pool::execute`] runs: one call of a program, or a batch. The
+/// pool fills in the program (`program_id`, and the definition when the
+/// worker lacks it) and the LM override's id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Run {
+    /// `execute_program`: one map of inputs.
+    One(ExecuteArgs),
+    /// `execute_batch`: many, run with DSPy's own parallelism.
+    Batch(BatchArgs),
+}
+
+impl Run {
+    /// One call on `inputs`.
+    pub fn once(inputs: Map<String, Value>) -> Self {
+        Self::One(ExecuteArgs {
+            inputs,
+            ..ExecuteArgs::default()
+        })
+    }
+
+    /// The command for `program`, with its definition or without.
+    pub(crate) fn command(
+        &self,
+        program: &ProgramVersion,
+        with_definition: bool,
+        lm_id: Option<&str>,
+    ) -> Command {
+        let program_id = program.id().to_owned();
+        let definition = with_definition.then(|| (*program.definition).clone());
+        let lm_id = lm_id.map(str::to_owned);
+        match self {
+            Self::One(args) => Command::ExecuteProgram(ExecuteArgs {
+                program_id,
+                program: definition,
+                lm_id,
+                lm: None,
+                ..args.clone()
+            }),
+            Self::Batch(args) => Command::ExecuteBatch(BatchArgs {
+                program_id,
+                program: definition,
+                lm_id,
+                ..args.clone()
+            }),
+        }
+    }
 }
 
 /// One version of a program: its definition and [`ProgramDefinition::hash`].
@@ -663,18 +713,22 @@ impl Pool {
         Ok(program)
     }
 
-    /// Runs a program version. The definition goes along only to a worker
-    /// that lacks it, an LM override only to one that has not registered it.
+    /// Runs a program version: once, or on a batch ([`Run`]). The
+    /// definition goes along only to a worker that lacks it, an LM override
+    /// only to one that has not registered it. The request's callbacks run
+    /// and its events go where `options.hooks` says.
     ///
     /// # Cancel safety
-    /// As [`Pool::call`].
+    /// As [`Pool::call`]; besides, a request dropped while the worker runs
+    /// it is cancelled on the worker (Protocol 2 `cancel`) and its
+    /// callbacks are ended.
     ///
     /// # Errors
     /// The checkout's errors, or the worker's.
     pub async fn execute(
         &self,
         program: &ProgramVersion,
-        inputs: Map<String, Value>,
+        run: Run,
         options: RequestOptions,
     ) -> Result<Value, PoolError> {
         let budget = Budget::new(&options, self.inner.request_timeout);
@@ -690,7 +744,7 @@ impl Pool {
                 .await?;
             let call = budget.call_options(&options)?;
             let lm = lm.as_ref().map(|(id, config)| (id.as_str(), *config));
-            let result = lease.execute(program, inputs.clone(), lm, call).await;
+            let result = lease.execute(program, &run, lm, call).await;
             if let Some(outcome) = redelivery.settle(result) {
                 return outcome;
             }
@@ -932,6 +986,7 @@ impl Budget {
         Ok(CallOptions {
             session_id: options.checkout.session.as_ref().map(|s| s.id.clone()),
             timeout: Some(remaining),
+            hooks: options.hooks.clone(),
             ..CallOptions::default()
         })
     }

@@ -2,25 +2,27 @@
 //! [`crate::worker`] for the semantics.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dspex_protocol::{
-    Command, ErrorKind, MessageCodec, ProtocolError, Request, RequestId, Response, Value,
+    CallAnswer, CallError, CallFrame, CallId, Command, ErrorKind, EventFrame, HostFrame,
+    MessageCodec, ProtocolError, Request, RequestId, Response, Value, WorkerFrame,
 };
 use dspex_supervision::replace_reason;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 
 use super::timers::{Timer, Timers};
-use super::{OnHang, WorkerConfig, WorkerEvent, WorkerInfo, WorkerState};
+use super::{Callbacks, OnHang, RequestEvent, WorkerConfig, WorkerEvent, WorkerInfo, WorkerState};
 use crate::WorkerError;
 use crate::process::{SpawnStrategy, WorkerCommand, WorkerProcess};
 
@@ -67,36 +69,66 @@ pub(crate) enum Inner {
     /// Kill the process on its owner's decision; the supervisor replaces the
     /// worker without counting it as a crash.
     Replace(String),
-    Frame(Result<Response, Arc<ProtocolError>>),
+    Frame(Result<WorkerFrame, Arc<ProtocolError>>),
+    /// A callback's handler finished.
+    Answered(CallId, Result<Value, CallError>),
+    /// The caller of request `id` has gone.
+    Abandon(RequestId),
     WriteFailed(String, Vec<RequestId>),
     Exited,
     Tick,
 }
 
-#[derive(Debug)]
+type ReplyTx = oneshot::Sender<Result<Value, WorkerError>>;
+
 pub(crate) struct Call {
     pub(crate) command: Command,
     pub(crate) session_id: Option<String>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) on_hang: OnHang,
+    pub(crate) callbacks: Option<Arc<dyn Callbacks>>,
+    pub(crate) events: Option<mpsc::UnboundedSender<RequestEvent>>,
     /// Dropped once the worker owes no reply for this request.
-    pub(crate) settled: Option<tokio::sync::oneshot::Sender<()>>,
-    pub(crate) reply: RpcReplyPort<Result<Value, WorkerError>>,
+    pub(crate) settled: Option<oneshot::Sender<()>>,
+    /// Where the request's id is stored once it has one (for an abandon).
+    pub(crate) assigned: Option<Arc<AtomicU64>>,
+    pub(crate) reply: ReplyTx,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("command", &self.command.name())
+            .field("timeout", &self.timeout)
+            .field("on_hang", &self.on_hang)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Pending {
-    /// `None` once the caller has been answered at the deadline; the entry
-    /// then only waits for the worker's late reply (or its hang).
-    reply: Option<RpcReplyPort<Result<Value, WorkerError>>>,
+    /// `None` once the caller has been answered at the deadline (or has
+    /// gone); the entry then only waits for the worker's late reply (or its
+    /// hang).
+    reply: Option<ReplyTx>,
+    callbacks: Option<Arc<dyn Callbacks>>,
+    events: Option<mpsc::UnboundedSender<RequestEvent>>,
     timeout: Duration,
     on_hang: OnHang,
     /// Encoded and waiting for the handshake, if not sent yet.
     unsent: Option<Bytes>,
     /// The `shutdown` command: once answered, the exit that follows is expected.
     shutdown: bool,
+    /// Sent by the actor itself (a `cancel`): not counted as served.
+    internal: bool,
     /// Tells whoever tracks the request that the worker is done with it:
     /// sent when a reply comes (even late), dropped when it never will.
-    settled: Option<tokio::sync::oneshot::Sender<()>>,
+    settled: Option<oneshot::Sender<()>>,
+}
+
+/// A callback being run on this side: the task running its handler.
+struct Running {
+    request: RequestId,
+    task: JoinHandle<()>,
 }
 
 /// The actor's state: the process and everything in flight on it.
@@ -104,12 +136,16 @@ pub struct WorkerActorState {
     worker_id: String,
     config: WorkerConfig,
     process: WorkerProcess,
-    writer: Option<mpsc::UnboundedSender<(RequestId, Bytes)>>,
-    /// The id of the last request whose frame the writer finished writing.
+    /// Frames for the worker: a request's (with its id) or a callback's
+    /// answer.
+    writer: Option<mpsc::UnboundedSender<(Option<RequestId>, Bytes)>>,
+    /// The id of the last request whose frame the writer began to write.
     written: Arc<AtomicU64>,
-    codec: MessageCodec<Request, Response>,
+    codec: MessageCodec<HostFrame, WorkerFrame>,
     state: WorkerState,
     pending: HashMap<RequestId, Pending>,
+    /// The callbacks being run, by their id.
+    calls: HashMap<CallId, Running>,
     timers: Timers,
     next_id: RequestId,
     served: u64,
@@ -138,6 +174,9 @@ impl Drop for WorkerActorState {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+        for running in self.calls.values() {
+            running.task.abort();
         }
         // Dropping `process` kills what is left; its reaper still reaps.
     }
@@ -213,6 +252,7 @@ impl Actor for Worker {
             written,
             state: WorkerState::Booting,
             pending: HashMap::new(),
+            calls: HashMap::new(),
             timers,
             next_id: 1,
             served: 0,
@@ -233,6 +273,8 @@ impl Actor for Worker {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             Inner::Call(call) => state.call(*call),
+            Inner::Answered(call, outcome) => state.answer(call, outcome),
+            Inner::Abandon(id) => state.abandon(id),
             Inner::Info(reply) => {
                 let _ = reply.send(state.info());
             }
@@ -254,7 +296,9 @@ impl Actor for Worker {
                     reason,
                 });
             }
-            Inner::Frame(Ok(response)) => state.on_response(response),
+            Inner::Frame(Ok(WorkerFrame::Reply(response))) => state.on_response(response),
+            Inner::Frame(Ok(WorkerFrame::Event(event))) => state.on_event(event),
+            Inner::Frame(Ok(WorkerFrame::Call(call))) => state.on_call(&myself, call),
             Inner::Frame(Err(error)) => state.stream_unusable(error),
             Inner::WriteFailed(error, ids) => {
                 // A broken pipe means the process is gone; its exit follows.
@@ -292,53 +336,275 @@ impl Actor for Worker {
 
 impl WorkerActorState {
     fn call(&mut self, call: Call) {
-        if let Err(error) = call.command.validate() {
-            // Refused before any byte reached the worker: it stays as it was.
-            let _ = call.reply.send(Err(WorkerError::Refused(Arc::new(error))));
+        if call.reply.is_closed() {
+            // Its caller went before it was sent: it never runs, and the
+            // worker owes nothing for it.
+            if let Some(settled) = call.settled {
+                let _ = settled.send(());
+            }
             return;
         }
-        let id = self.next_id;
         let timeout = call.timeout.unwrap_or(self.config.request_timeout);
-        let shutdown = matches!(call.command, Command::Shutdown);
-        let mut request = Request::new(id, call.command)
-            .with_deadline_ms(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        request.session_id = call.session_id;
-        let mut frame = BytesMut::new();
-        if let Err(error) = self.codec.encode(&request, &mut frame) {
-            let _ = call.reply.send(Err(WorkerError::Refused(Arc::new(error))));
-            return;
+        let framed = self.frame(
+            call.command,
+            call.session_id,
+            timeout,
+            call.events.is_some(),
+        );
+        match framed {
+            Err(error) => {
+                let _ = call.reply.send(Err(error));
+            }
+            Ok((id, frame, shutdown)) => {
+                if let Some(assigned) = &call.assigned {
+                    assigned.store(id, Ordering::Release);
+                }
+                let pending = Pending {
+                    reply: Some(call.reply),
+                    callbacks: call.callbacks,
+                    events: call.events,
+                    timeout,
+                    on_hang: call.on_hang,
+                    unsent: None,
+                    shutdown,
+                    internal: false,
+                    settled: call.settled,
+                };
+                self.dispatch(id, frame, pending);
+            }
         }
+    }
+
+    /// Gives a command its id and encodes it, or says why it cannot go.
+    fn frame(
+        &mut self,
+        command: Command,
+        session_id: Option<String>,
+        timeout: Duration,
+        events: bool,
+    ) -> Result<(RequestId, Bytes, bool), WorkerError> {
+        // Refused before any byte reached the worker: it stays as it was.
+        command
+            .validate()
+            .map_err(|error| WorkerError::Refused(Arc::new(error)))?;
+        let id = self.next_id;
+        let shutdown = matches!(command, Command::Shutdown);
+        let mut request = Request::new(id, command)
+            .with_deadline_ms(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        request.session_id = session_id;
+        request.events = events;
+        let mut frame = BytesMut::new();
+        self.codec
+            .encode(&HostFrame::Request(request), &mut frame)
+            .map_err(|error| WorkerError::Refused(Arc::new(error)))?;
         if matches!(self.state, WorkerState::Stopping | WorkerState::Exited(_)) {
             // Nothing is sent to a process that is going or gone: the
             // request did not run, and may go to another worker.
-            let _ = call.reply.send(Err(WorkerError::NotDelivered {
+            return Err(WorkerError::NotDelivered {
                 worker_id: self.worker_id.clone(),
-            }));
-            return;
+            });
         }
         self.next_id += 1;
-        let frame = frame.freeze();
-        let ready = matches!(self.state, WorkerState::Ready(_));
-        let (unsent, to_send) = if ready {
-            (None, Some(frame))
-        } else {
-            (Some(frame), None)
-        };
+        Ok((id, frame.freeze(), shutdown))
+    }
+
+    /// Tracks a request and sends it (or holds it until the handshake).
+    fn dispatch(&mut self, id: RequestId, frame: Bytes, mut pending: Pending) {
         self.timers
-            .add(Instant::now() + timeout, Timer::Deadline(id));
-        self.pending.insert(
-            id,
-            Pending {
-                reply: Some(call.reply),
-                timeout,
-                on_hang: call.on_hang,
-                unsent,
-                shutdown,
-                settled: call.settled,
-            },
-        );
+            .add(Instant::now() + pending.timeout, Timer::Deadline(id));
+        let ready = matches!(self.state, WorkerState::Ready(_));
+        let to_send = if ready {
+            Some(frame)
+        } else {
+            pending.unsent = Some(frame);
+            None
+        };
+        self.pending.insert(id, pending);
         if let Some(frame) = to_send {
             self.send_frame(id, frame);
+        }
+    }
+
+    /// The caller of request `id` has gone. A request not sent yet is
+    /// dropped; one the worker runs is cancelled (Protocol 2 `cancel`, when
+    /// the worker has it), and its callbacks are ended. The request stays
+    /// tracked until the worker answers it (or its hang grace runs out).
+    fn abandon(&mut self, id: RequestId) {
+        let Some(pending) = self.pending.get_mut(&id) else {
+            return;
+        };
+        if pending.reply.take().is_none() {
+            // Already answered at its deadline: the worker ends it itself.
+            return;
+        }
+        pending.events = None;
+        pending.callbacks = None;
+        if pending.unsent.is_some() {
+            // Never sent: the worker owes nothing for it.
+            if let Some(settled) = self.pending.remove(&id).and_then(|p| p.settled) {
+                let _ = settled.send(());
+            }
+            return;
+        }
+        let can_cancel =
+            matches!(&self.state, WorkerState::Ready(ready) if ready.has_feature("cancel"));
+        tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id, can_cancel, "caller gone; ending its request");
+        if can_cancel {
+            // First, so that no callback's `Cancelled` lets the work go on.
+            self.cancel(id);
+        }
+        self.end_calls(id);
+    }
+
+    /// Sends `cancel` for request `request_id`, answered to nobody.
+    fn cancel(&mut self, request_id: RequestId) {
+        let timeout = self.config.hang_grace;
+        if let Ok((id, frame, _)) = self.frame(Command::Cancel { request_id }, None, timeout, false)
+        {
+            let pending = Pending {
+                reply: None,
+                callbacks: None,
+                events: None,
+                timeout,
+                on_hang: OnHang::Report,
+                unsent: None,
+                shutdown: false,
+                internal: true,
+                settled: None,
+            };
+            self.dispatch(id, frame, pending);
+        }
+    }
+
+    fn on_event(&mut self, event: EventFrame) {
+        let Some(pending) = self.pending.get(&event.id) else {
+            if event.id == 0 || event.id >= self.next_id {
+                return self.stream_unusable(Arc::new(ProtocolError::Shape(format!(
+                    "event for request id {} which was never sent",
+                    event.id
+                ))));
+            }
+            return;
+        };
+        if let Some(sink) = pending.events.as_ref().filter(|_| pending.reply.is_some()) {
+            let _ = sink.send(RequestEvent {
+                event: event.event,
+                data: event.data,
+            });
+        }
+    }
+
+    /// A callback: its handler runs in a task of its own, never here; its
+    /// answer comes back as [`Inner::Answered`].
+    fn on_call(&mut self, myself: &ActorRef<WorkerMsg>, frame: CallFrame) {
+        if frame.id == 0 || frame.id >= self.next_id {
+            return self.stream_unusable(Arc::new(ProtocolError::Shape(format!(
+                "callback {} for request id {} which was never sent",
+                frame.call, frame.id
+            ))));
+        }
+        if self.calls.contains_key(&frame.call) {
+            return self.stream_unusable(Arc::new(ProtocolError::Shape(format!(
+                "callback id {} reused while it is outstanding",
+                frame.call
+            ))));
+        }
+        let handler = match self.pending.get(&frame.id) {
+            Some(pending) if pending.reply.is_some() => {
+                pending.callbacks.clone().ok_or_else(|| {
+                    tool_error(
+                        &frame.name,
+                        format!(
+                            "no handler for `{}`: the request was sent without callbacks",
+                            frame.name
+                        ),
+                    )
+                })
+            }
+            _ => Err(CallError::new(
+                ErrorKind::Cancelled,
+                "the request's caller has gone",
+            )),
+        };
+        let handler = match handler {
+            Ok(handler) => handler,
+            Err(error) => return self.write_answer(frame.call, Err(error)),
+        };
+        let CallFrame {
+            id,
+            call,
+            name,
+            args,
+        } = frame;
+        let me = myself.clone();
+        let task = tokio::spawn(async move {
+            let started = std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(&name, args)));
+            let outcome = match started {
+                Ok(future) => AssertUnwindSafe(future)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Err(panicked(&name, &*panic))),
+                Err(panic) => Err(panicked(&name, &*panic)),
+            };
+            let _ = me.send_message(WorkerMsg(Inner::Answered(call, outcome)));
+        });
+        self.calls.insert(call, Running { request: id, task });
+    }
+
+    /// A handler finished: its answer goes to the worker, unless the
+    /// callback was ended meanwhile.
+    fn answer(&mut self, call: CallId, outcome: Result<Value, CallError>) {
+        if self.calls.remove(&call).is_some() {
+            self.write_answer(call, outcome);
+        }
+    }
+
+    fn write_answer(&mut self, call: CallId, outcome: Result<Value, CallError>) {
+        let mut frame = BytesMut::new();
+        let answer = HostFrame::Answer(CallAnswer { call, outcome });
+        if let Err(error) = self.codec.encode(&answer, &mut frame) {
+            // An answer too big for a frame is still one answer.
+            frame.clear();
+            let failed = CallAnswer {
+                call,
+                outcome: Err(CallError::new(
+                    ErrorKind::ToolError,
+                    format!("the callback's result could not be sent: {error}"),
+                )),
+            };
+            if self
+                .codec
+                .encode(&HostFrame::Answer(failed), &mut frame)
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Some(writer) = &self.writer {
+            let _ = writer.send((None, frame.freeze()));
+        }
+    }
+
+    /// Ends the callbacks of request `request`: their handlers stop, and
+    /// the worker is told `Cancelled` for each.
+    fn end_calls(&mut self, request: RequestId) {
+        let ended: Vec<CallId> = self
+            .calls
+            .iter()
+            .filter(|(_, running)| running.request == request)
+            .map(|(call, _)| *call)
+            .collect();
+        for call in ended {
+            if let Some(running) = self.calls.remove(&call) {
+                running.task.abort();
+            }
+            self.write_answer(
+                call,
+                Err(CallError::new(
+                    ErrorKind::Cancelled,
+                    "the request has ended",
+                )),
+            );
         }
     }
 
@@ -348,7 +614,7 @@ impl WorkerActorState {
         let sent = self
             .writer
             .as_ref()
-            .is_some_and(|writer| writer.send((id, frame)).is_ok());
+            .is_some_and(|writer| writer.send((Some(id), frame)).is_ok());
         if !sent {
             self.not_delivered(&[id]);
         }
@@ -379,17 +645,23 @@ impl WorkerActorState {
             tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "dropping a reply whose request is no longer pending");
             return;
         };
-        self.served += 1;
+        if !pending.internal {
+            self.served += 1;
+        }
         if let Some(settled) = pending.settled.take() {
             let _ = settled.send(());
         }
+        // A reply ends the request: handlers still running for it are
+        // stopped, and the worker (past a deadline, it may still wait on
+        // them) is told.
+        self.end_calls(response.id);
         if pending.shutdown && response.outcome.is_ok() {
             // The worker said it is leaving: its exit is not a crash.
             self.set_state(WorkerState::Stopping);
             self.writer.take();
         }
         let Some(reply) = pending.reply else {
-            tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "late reply after the deadline; dropped");
+            tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = response.id, "a reply nobody waits for (past its deadline, or its caller gone); dropped");
             return;
         };
         // The worker's own `DeadlineExceeded` and this side's timer are the
@@ -476,13 +748,13 @@ impl WorkerActorState {
         let Some(pending) = self.pending.get_mut(&id) else {
             return;
         };
-        let Some(reply) = pending.reply.take() else {
-            return;
-        };
-        let _ = reply.send(Err(WorkerError::RequestTimeout {
-            worker_id: self.worker_id.clone(),
-            after: pending.timeout,
-        }));
+        if let Some(reply) = pending.reply.take() {
+            let _ = reply.send(Err(WorkerError::RequestTimeout {
+                worker_id: self.worker_id.clone(),
+                after: pending.timeout,
+            }));
+        }
+        pending.events = None;
         if pending.unsent.is_some() || pending.on_hang == OnHang::Report {
             // Never sent (it did not run), or the caller judges the silence
             // itself (a health check): nothing more to wait for.
@@ -573,8 +845,11 @@ impl WorkerActorState {
             _ => self.exited(exit),
         };
         // Frames go out in request-id order; those past the last one the
-        // writer finished never reached the process.
+        // writer began never reached the process.
         let written = self.written.load(Ordering::Acquire);
+        for (_, running) in self.calls.drain() {
+            running.task.abort();
+        }
         for (id, pending) in self.pending.drain() {
             let Some(reply) = pending.reply else {
                 continue;
@@ -628,23 +903,28 @@ impl WorkerActorState {
 
 async fn write_frames(
     mut stdin: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-    mut outbox: mpsc::UnboundedReceiver<(RequestId, Bytes)>,
+    mut outbox: mpsc::UnboundedReceiver<(Option<RequestId>, Bytes)>,
     written: Arc<AtomicU64>,
     myself: ActorRef<WorkerMsg>,
 ) {
     while let Some((id, frame)) = outbox.recv().await {
+        // Marked before the first byte goes: once any of it may have
+        // reached the process, the request may have run (the process can
+        // read it and act before this task runs again).
+        if let Some(id) = id {
+            written.store(id, Ordering::Release);
+        }
         if let Err(error) = stdin.write_all(&frame).await {
             // This frame (whole or cut: undecodable either way) and every
             // one queued behind it never arrived.
-            let mut lost = vec![id];
+            let mut lost: Vec<RequestId> = id.into_iter().collect();
             outbox.close();
             while let Ok((id, _)) = outbox.try_recv() {
-                lost.push(id);
+                lost.extend(id);
             }
             let _ = myself.send_message(WorkerMsg(Inner::WriteFailed(error.to_string(), lost)));
             return;
         }
-        written.store(id, Ordering::Release);
     }
     // The actor closed the outbox: dropping stdin is the worker's EOF.
 }
@@ -652,7 +932,7 @@ async fn write_frames(
 async fn read_frames(
     mut frames: FramedRead<
         Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-        MessageCodec<Request, Response>,
+        MessageCodec<HostFrame, WorkerFrame>,
     >,
     myself: ActorRef<WorkerMsg>,
 ) {
@@ -663,4 +943,23 @@ async fn read_frames(
             return;
         }
     }
+}
+
+fn tool_error(name: &str, message: String) -> CallError {
+    CallError {
+        kind: ErrorKind::ToolError,
+        message,
+        details: Some(serde_json::json!({ "tool": name })),
+    }
+}
+
+/// A handler's panic, as the answer the worker gets.
+fn panicked(name: &str, panic: &(dyn std::any::Any + Send)) -> CallError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    tracing::warn!(handler = name, panic = %text, "a callback handler panicked");
+    tool_error(name, format!("`{name}` panicked: {text}"))
 }

@@ -1,11 +1,13 @@
 //! [`WorkerHandle`]: the typed API of one worker actor.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dspex_protocol::{Command, Ready, Value};
+use dspex_protocol::{CallError, Command, Ready, Value};
+use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorRef};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actor::{Call, Inner, Status};
 use super::{Worker, WorkerArgs, WorkerConfig, WorkerEvent, WorkerInfo, WorkerMsg, WorkerState};
@@ -13,15 +15,88 @@ use crate::WorkerError;
 use crate::process::{SpawnStrategy, WorkerCommand};
 
 /// Per-call options.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     /// The session the request belongs to.
     pub session_id: Option<String>,
-    /// Overrides the worker's request timeout for this call.
+    /// The deadline (default: the worker's `request_timeout`).
     pub timeout: Option<Duration>,
     /// What a worker that stays silent past the deadline and the hang grace
     /// means.
     pub on_hang: OnHang,
+    /// Where the request's callbacks run and its events go.
+    pub hooks: Hooks,
+}
+
+/// The host side of a request (Protocol 2): the handlers of the callbacks
+/// the worker makes while serving it (its tools, its reward function), and
+/// where its events go. Without handlers a callback is answered
+/// `ToolError`; without a sink the request does not ask for events.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Runs the request's callbacks.
+    pub callbacks: Option<Arc<dyn Callbacks>>,
+    /// Receives the request's events.
+    pub events: Option<mpsc::UnboundedSender<RequestEvent>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("callbacks", &self.callbacks.is_some())
+            .field("events", &self.events.is_some())
+            .finish()
+    }
+}
+
+/// The host side of a request's callbacks (Protocol 2): the worker actor
+/// runs each in a task of its own (never in the actor) and writes its
+/// answer back; a panic becomes a `ToolError` answer with the panic's text.
+pub trait Callbacks: Send + Sync + 'static {
+    /// Runs handler `name` with `args` (a map).
+    ///
+    /// Cancel safety: the future is dropped when the request ends or its
+    /// caller goes away; the worker is then answered `Cancelled`.
+    fn call(&self, name: &str, args: Value) -> BoxFuture<'static, Result<Value, CallError>>;
+}
+
+/// An event of a request (a streamed chunk, progress).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestEvent {
+    /// Its kind (`chunk`, `progress`, ...).
+    pub event: String,
+    /// Its data.
+    pub data: Value,
+}
+
+/// A request sent with [`WorkerHandle::send_tracked`]: where its reply
+/// arrives, when the worker is done with it, and how to abandon it.
+#[derive(Debug)]
+pub struct Tracked {
+    /// The reply.
+    pub reply: Reply,
+    /// Resolves once the worker owes no reply for it.
+    pub settled: Settled,
+    /// Tells the worker its caller has gone.
+    pub abandon: Abandon,
+}
+
+/// Tells a worker a request's caller has gone: its callbacks are answered
+/// `Cancelled`, and the worker is sent `cancel` so it ends the work.
+#[derive(Debug, Clone)]
+pub struct Abandon {
+    actor: ActorRef<WorkerMsg>,
+    id: Arc<AtomicU64>,
+}
+
+impl Abandon {
+    /// Abandons the request (nothing happens if it already ended).
+    pub fn abandon(&self) {
+        let id = self.id.load(Ordering::Acquire);
+        if id != 0 {
+            let _ = self.actor.send_message(WorkerMsg(Inner::Abandon(id)));
+        }
+    }
 }
 
 /// What the worker actor concludes when a request is still unanswered a hang
@@ -163,15 +238,16 @@ impl WorkerHandle {
         command: Command,
         options: CallOptions,
     ) -> Result<oneshot::Receiver<Result<Value, WorkerError>>, WorkerError> {
-        self.submit(command, options, None)
+        self.submit(command, options, None, None)
     }
 
     /// As [`WorkerHandle::send`], and also returns a receiver that resolves
-    /// once the worker no longer owes a reply for this request: `Ok` when
-    /// the worker answered (even after the deadline), `Err` when it never
-    /// will (the request never went out, or the process is gone). The pool
-    /// uses it to keep a worker out of service while it still works for a
-    /// caller that has gone.
+    /// once the worker no longer owes a reply for this request (`Ok` when
+    /// the worker answered, even after the deadline; `Err` when it never
+    /// will: the request never went out, or the process is gone), and the
+    /// [`Abandon`] that tells the worker its caller has gone. The pool uses
+    /// them to keep a worker out of service while it still works for a
+    /// caller that has gone, and to end that work early.
     ///
     /// # Errors
     /// [`WorkerError::NotDelivered`] if the actor is gone.
@@ -179,10 +255,23 @@ impl WorkerHandle {
         &self,
         command: Command,
         options: CallOptions,
-    ) -> Result<(Reply, Settled), WorkerError> {
+    ) -> Result<Tracked, WorkerError> {
         let (settled_tx, settled) = oneshot::channel();
-        let answer = self.submit(command, options, Some(settled_tx))?;
-        Ok((answer, settled))
+        let assigned = Arc::new(AtomicU64::new(0));
+        let reply = self.submit(
+            command,
+            options,
+            Some(settled_tx),
+            Some(Arc::clone(&assigned)),
+        )?;
+        Ok(Tracked {
+            reply,
+            settled,
+            abandon: Abandon {
+                actor: self.actor.clone(),
+                id: assigned,
+            },
+        })
     }
 
     fn submit(
@@ -190,6 +279,7 @@ impl WorkerHandle {
         command: Command,
         options: CallOptions,
         settled: Option<oneshot::Sender<()>>,
+        assigned: Option<Arc<AtomicU64>>,
     ) -> Result<oneshot::Receiver<Result<Value, WorkerError>>, WorkerError> {
         let (reply, answer) = oneshot::channel();
         let call = Call {
@@ -197,8 +287,11 @@ impl WorkerHandle {
             session_id: options.session_id,
             timeout: options.timeout,
             on_hang: options.on_hang,
+            callbacks: options.hooks.callbacks,
+            events: options.hooks.events,
             settled,
-            reply: reply.into(),
+            assigned,
+            reply,
         };
         // An actor that is gone never saw the request: it did not run.
         self.actor

@@ -52,7 +52,10 @@ use std::time::Duration;
 use dspex_protocol::{DEFAULT_MAX_FRAME, Ready};
 
 pub use actor::{Worker, WorkerArgs, WorkerMsg};
-pub use handle::{CallOptions, OnHang, Reply, Settled, WorkerHandle};
+pub use handle::{
+    Abandon, CallOptions, Callbacks, Hooks, OnHang, Reply, RequestEvent, Settled, Tracked,
+    WorkerHandle,
+};
 
 use crate::process::{Exit, StopGrace};
 

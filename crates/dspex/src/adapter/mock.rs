@@ -3,15 +3,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use dspex_bridge::fake::fake_outputs;
-use dspex_bridge::pool::ProgramVersion;
-use dspex_protocol::Value;
+use dspex_bridge::fake::{fake_check, fake_execute};
+use dspex_bridge::pool::{ProgramVersion, Run};
+use dspex_bridge::{RequestEvent, WorkerError};
+use dspex_protocol::{CallError, ErrorKind, Value};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use super::{Adapter, AdapterStatus, Operation};
+use super::{Adapter, AdapterStatus, Execution, Operation};
 use crate::config::AdapterKind;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -21,7 +22,10 @@ pub type Injector = Arc<dyn Fn(&Operation) -> Option<Error> + Send + Sync>;
 
 /// Deterministic outputs computed from the signature, in process, with
 /// optional error injection. Values match the bridge-mock layer's exactly
-/// (the same function computes both).
+/// (the same functions, [`dspex_bridge::fake`], compute both): a ReAct
+/// program calls each of its Rust tools once with arguments built from the
+/// tool's schema, `best_of_n` and `refine` call their reward, a streamed
+/// call sends its text outputs in pieces.
 pub struct MockAdapter {
     state: Mutex<MockState>,
     events: broadcast::Sender<Event>,
@@ -71,7 +75,7 @@ impl MockAdapter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn serve(&self, operation: Operation) -> Result<Value> {
+    fn serve(&self, operation: Operation) -> Result<Served> {
         let mut state = self.lock();
         if let Some(error) = state
             .injector
@@ -90,16 +94,19 @@ impl MockAdapter {
                     ));
                 }
                 state.lm = Some(config.model.clone());
-                Ok(json!({"status": "configured", "model": config.model}))
+                Ok(Served::Done(
+                    json!({"status": "configured", "model": config.model}),
+                ))
             }
             Operation::CreateProgram(program) => {
+                fake_check(&program.definition).map_err(|e| Error::from(WorkerError::Remote(e)))?;
                 let reply = json!({"program_id": program.id(), "hash": program.hash});
                 state.programs.insert(program.id().to_owned(), program);
-                Ok(reply)
+                Ok(Served::Done(reply))
             }
             Operation::DeleteProgram(id) => {
                 let deleted = state.programs.remove(&id).is_some();
-                Ok(json!({"program_id": id, "deleted": deleted}))
+                Ok(Served::Done(json!({"program_id": id, "deleted": deleted})))
             }
             Operation::Execute(execution) => {
                 let model = execution
@@ -111,23 +118,69 @@ impl MockAdapter {
                         message: "no LM configured; call configure_lm first".into(),
                         configured: false,
                     })?;
-                let program = &execution.program.definition;
-                let outputs = fake_outputs(program, &execution.inputs);
-                Ok(json!({
-                    "program_id": program.program_id,
-                    "outputs": outputs,
-                    "duration_ms": 0.0,
-                    "model": model,
-                }))
+                Ok(Served::Run(model, execution))
             }
         }
     }
 }
 
+/// What serving an operation comes to: done at once, or a run to make.
+enum Served {
+    Done(Value),
+    Run(String, Box<Execution>),
+}
+
+/// Runs a program the fake way, calling its Rust handlers directly.
+async fn run(model: String, execution: Execution) -> Result<Value> {
+    let Execution {
+        program,
+        run,
+        hooks,
+        ..
+    } = execution;
+    let callbacks = hooks.callbacks;
+    let host = move |name: &str, args: Value| match &callbacks {
+        Some(callbacks) => callbacks.call(name, args),
+        None => {
+            let error = CallError::new(ErrorKind::ToolError, format!("no handler for `{name}`"));
+            async move { Err(error) }.boxed()
+        }
+    };
+    let events = hooks.events;
+    let event = move |event: &str, data: Value| {
+        if let Some(events) = &events {
+            let _ = events.send(RequestEvent {
+                event: event.to_owned(),
+                data,
+            });
+        }
+    };
+    let (args, batch) = match &run {
+        Run::One(args) => (serde_json::to_value(args), false),
+        Run::Batch(args) => (serde_json::to_value(args), true),
+    };
+    let Ok(Value::Object(args)) = args else {
+        return Err(Error::validation(
+            "request",
+            None,
+            "arguments that are not a map",
+        ));
+    };
+    fake_execute(&program.definition, &args, batch, &model, &host, &event)
+        .await
+        .map_err(|error| Error::from(WorkerError::Remote(error)))
+}
+
 impl Adapter for MockAdapter {
     fn call(&self, operation: Operation) -> BoxFuture<'_, Result<Value>> {
-        let result = self.serve(operation);
-        async move { result }.boxed()
+        let served = self.serve(operation);
+        async move {
+            match served? {
+                Served::Done(reply) => Ok(reply),
+                Served::Run(model, execution) => run(model, *execution).await,
+            }
+        }
+        .boxed()
     }
 
     fn status(&self) -> AdapterStatus {

@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use dspex_bridge::pool::{PoolStatus, ProgramVersion, Session};
-use dspex_bridge::{EnvironmentReport, Mode};
-use dspex_protocol::{LmConfig, Map, Value};
+use dspex_bridge::pool::{PoolStatus, ProgramVersion, Run, Session};
+use dspex_bridge::{EnvironmentReport, Hooks, Mode};
+use dspex_protocol::{LmConfig, Value};
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -53,7 +53,7 @@ pub enum Operation {
     CreateProgram(ProgramVersion),
     /// A program was deleted from the handle's store.
     DeleteProgram(String),
-    /// Run a program.
+    /// Run a program (once, or on a batch).
     Execute(Box<Execution>),
 }
 
@@ -62,14 +62,18 @@ pub enum Operation {
 pub struct Execution {
     /// The program version (its full definition: any worker can run it).
     pub program: ProgramVersion,
-    /// The inputs, already validated against the signature.
-    pub inputs: Map<String, Value>,
+    /// What to run: one call (inputs already validated against the
+    /// signature, streaming, LM history) or a batch.
+    pub run: Run,
     /// The session, if any.
     pub session: Option<Session>,
     /// What is left of the call's time budget when it reaches the adapter.
     pub timeout: Option<Duration>,
     /// An LM for this call only.
     pub lm: Option<LmConfig>,
+    /// The program's callbacks (its tools, its reward) and where the
+    /// call's events go.
+    pub hooks: Hooks,
 }
 
 /// A call on the execute path, as the resilience layers see it.
@@ -119,7 +123,7 @@ impl ExecuteRequest {
     /// A request for a tiny program, for tests of the layers.
     #[cfg(test)]
     pub(crate) fn test() -> Self {
-        use dspex_protocol::{FieldSpec, ProgramDefinition, SignatureSpec};
+        use dspex_protocol::{FieldSpec, Map, ProgramDefinition, SignatureSpec};
         Self::new(Execution {
             program: ProgramVersion::new(ProgramDefinition {
                 program_id: "p".into(),
@@ -130,12 +134,13 @@ impl ExecuteRequest {
                     outputs: vec![FieldSpec::new("a", "str")],
                 },
                 module: "predict".into(),
-                demos: vec![],
+                ..ProgramDefinition::default()
             }),
-            inputs: Map::new(),
+            run: Run::once(Map::new()),
             session: None,
             timeout: None,
             lm: None,
+            hooks: Hooks::default(),
         })
     }
 }

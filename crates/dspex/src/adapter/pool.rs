@@ -13,7 +13,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
-use super::{Adapter, AdapterStatus, Operation, Readiness};
+use super::{Adapter, AdapterStatus, Execution, Operation, Readiness};
 use crate::config::AdapterKind;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -208,17 +208,24 @@ impl Adapter for PoolAdapter {
                     Ok(serde_json::json!({"program_id": id, "deleted": true}))
                 }
                 Operation::Execute(execution) => {
+                    let Execution {
+                        program,
+                        run,
+                        session,
+                        timeout,
+                        lm,
+                        hooks,
+                    } = *execution;
                     let options = RequestOptions {
                         checkout: CheckoutOptions {
-                            session: execution.session,
+                            session,
                             ..CheckoutOptions::default()
                         },
-                        timeout: execution.timeout,
-                        lm: execution.lm,
+                        timeout,
+                        lm,
+                        hooks,
                     };
-                    Ok(pool
-                        .execute(&execution.program, execution.inputs, options)
-                        .await?)
+                    Ok(pool.execute(&program, run, options).await?)
                 }
             }
         }

@@ -238,6 +238,7 @@ impl<'a> Parser<'a> {
             "int" => Some(FieldType::Int),
             "float" => Some(FieldType::Float),
             "bool" => Some(FieldType::Bool),
+            "history" => Some(FieldType::History),
             "list" => {
                 let item = self.bracketed(depth)?;
                 return Ok(FieldType::list(item));

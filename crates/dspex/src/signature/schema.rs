@@ -27,6 +27,11 @@ impl FieldType {
             }
             Self::Literal(members) => json!({"type": "string", "enum": members.as_slice()}),
             Self::Optional(inner) => nullable(inner.json_schema()),
+            Self::History => json!({
+                "type": "object",
+                "properties": {"messages": {"type": "array", "items": {"type": "object"}}},
+                "required": ["messages"],
+            }),
         }
     }
 }

@@ -19,7 +19,8 @@ pub const MAX_TYPE_LENGTH: usize = 4096;
 /// The type of a signature field, as the protocol spells it.
 ///
 /// `str`, `int`, `float`, `bool`, `list[T]`, `dict[str, T]`,
-/// `optional[T]` and `literal[a|b|c]`, nested freely. [`FieldType::to_wire`]
+/// `optional[T]` and `literal[a|b|c]`, nested freely, and `history` (a
+/// conversation's earlier turns, DSPy's `dspy.History`). [`FieldType::to_wire`]
 /// (and [`Display`](fmt::Display)) give the exact string the Python worker
 /// parses; [`FieldType::parse`] reads it back, so any type round-trips.
 ///
@@ -53,6 +54,10 @@ pub enum FieldType {
     Optional(Box<FieldType>),
     /// `literal[a|b|c]`: one of a fixed set of strings.
     Literal(LiteralMembers),
+    /// `history`: the earlier turns of a conversation, `{"messages":
+    /// [{field: value, ...}, ...]}` (DSPy's `dspy.History`; see
+    /// [`crate::History`]).
+    History,
 }
 
 impl FieldType {
@@ -147,6 +152,7 @@ impl fmt::Display for FieldType {
             Self::Dict(value) => write!(f, "dict[str, {value}]"),
             Self::Optional(inner) => write!(f, "optional[{inner}]"),
             Self::Literal(members) => write!(f, "literal[{members}]"),
+            Self::History => f.write_str("history"),
         }
     }
 }

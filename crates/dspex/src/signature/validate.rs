@@ -220,6 +220,25 @@ fn check_value(ty: &FieldType, value: &Value) -> Result<(), Mismatch> {
             }
             true
         }
+        (FieldType::History, Value::Object(history)) => {
+            let Some(Value::Array(messages)) = history.get("messages") else {
+                return Err(Mismatch {
+                    segments: Vec::new(),
+                    expected: "history (a map with a `messages` list)".to_owned(),
+                    found: "a map without a `messages` list".to_owned(),
+                });
+            };
+            for (i, message) in messages.iter().enumerate() {
+                if !message.is_object() {
+                    return Err(Mismatch {
+                        segments: vec![Segment::Index(i), Segment::Key("messages".to_owned())],
+                        expected: "dict".to_owned(),
+                        found: describe(message).to_owned(),
+                    });
+                }
+            }
+            true
+        }
         (FieldType::Literal(members), Value::String(s)) => {
             if members.contains(s) {
                 true

@@ -13,30 +13,38 @@
 //!
 //! Commands: `ping`, `echo`, `sleep {ms}`, `hang`, `exit {code}`,
 //! `configure_lm` (with `lm_id`: a named LM; `latency_ms` delays the
-//! default LM's executions), `create_program`,
-//! `execute_program` (typed values derived from the signature and inputs;
-//! `lm` or `lm_id` overrides), `list_programs`, `delete_program`,
-//! `get_stats`, `reset_state`, `shutdown`; anything else is
-//! `UnknownCommand`. Like the real worker (Protocol 2, feature `deadline`),
-//! a request with `deadline_ms` is answered `DeadlineExceeded` at its
-//! deadline if it is not done by then.
+//! default LM's executions), `create_program`, `execute_program` and
+//! `execute_batch` (the module semantics of [`fake_run`]: typed values
+//! derived from the signature and inputs, tools and rewards called back;
+//! `lm` or `lm_id` overrides; `stream` sends [`fake_chunks`] as `chunk`
+//! events), `cancel`, `list_programs`, `delete_program`, `get_stats`,
+//! `reset_state`, `shutdown`; anything else is `UnknownCommand`. Like the
+//! real worker it speaks Protocol 2 (features `deadline`, `events`,
+//! `callbacks`, `cancel`): a request with `deadline_ms` is answered
+//! `DeadlineExceeded` at its deadline if it is not done by then.
+
+mod run;
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dspex_protocol::{
-    ErrorKind, MessageCodec, ProgramDefinition, Ready, RemoteError, Request, Response, Value,
+    CallError, CallFrame, CallId, ErrorKind, EventFrame, HostFrame, MessageCodec,
+    ProgramDefinition, Ready, RemoteError, Request, RequestId, Response, Value, WorkerFrame,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{Map, json};
 use tokio::io::DuplexStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
+
+pub use run::{
+    CallHost, fake_check, fake_chunks, fake_execute, fake_outputs, fake_run, fake_usage,
+};
 
 use crate::process::{
     Exit, ProcessControl, Signaller, SpawnError, SpawnStrategy, Spawned, WorkerCommand,
@@ -118,6 +126,7 @@ fn start_fake(pid: u32, worker_id: String, boot_delay: Duration) -> Spawned {
         worker_id,
         controls: Arc::clone(&controls),
         state: Arc::default(),
+        next_call: Arc::new(AtomicU64::new(1)),
     };
     tokio::spawn(fake.run(stdin_fake, stdout_fake, stderr_fake, boot_delay));
     let signals = Arc::clone(&controls);
@@ -169,6 +178,10 @@ struct FakeState {
     named_lms: HashMap<String, String>,
     programs: HashMap<String, ProgramDefinition>,
     requests: u64,
+    /// Requests being served: a handle to end each (`None` until spawned).
+    running: HashMap<RequestId, Option<tokio::task::AbortHandle>>,
+    /// Callbacks waiting for the host's answer, with their request.
+    calls: HashMap<CallId, (RequestId, oneshot::Sender<Result<Value, CallError>>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +190,7 @@ struct Fake {
     worker_id: String,
     controls: Arc<Controls>,
     state: Arc<Mutex<FakeState>>,
+    next_call: Arc<AtomicU64>,
 }
 
 impl Fake {
@@ -198,14 +212,15 @@ impl Fake {
     }
 
     async fn serve(self, stdin: DuplexStream, stdout: DuplexStream, boot_delay: Duration) -> i32 {
-        let (replies, mut outbox) = mpsc::unbounded_channel::<Response>();
-        let mut frames = FramedWrite::new(stdout, MessageCodec::<Response, Request>::default());
+        let (frames, mut outbox) = mpsc::unbounded_channel::<WorkerFrame>();
+        let mut writer_frames =
+            FramedWrite::new(stdout, MessageCodec::<WorkerFrame, HostFrame>::default());
         let mut paused = self.controls.paused.subscribe();
         let writer = async move {
-            while let Some(reply) = outbox.recv().await {
+            while let Some(frame) = outbox.recv().await {
                 // A stopped process writes nothing.
                 let _ = paused.wait_for(|p| !p).await;
-                if frames.send(reply).await.is_err() {
+                if writer_frames.send(frame).await.is_err() {
                     return;
                 }
             }
@@ -219,34 +234,37 @@ impl Fake {
                 pid: self.pid,
                 python: "fake".into(),
                 dspy: None,
-                features: vec!["deadline".into()],
+                features: ["deadline", "events", "callbacks", "cancel"]
+                    .map(String::from)
+                    .to_vec(),
             };
-            let _ = replies.send(Response::ok(0, json!(ready_value(&ready))));
-            let mut requests = FramedRead::new(stdin, MessageCodec::<Response, Request>::default());
+            let _ = frames.send(WorkerFrame::Reply(Response::ok(
+                0,
+                json!(ready_value(&ready)),
+            )));
+            let mut incoming =
+                FramedRead::new(stdin, MessageCodec::<WorkerFrame, HostFrame>::default());
             let mut paused = self.controls.paused.subscribe();
-            while let Some(request) = requests.next().await {
+            while let Some(frame) = incoming.next().await {
                 let _ = paused.wait_for(|p| !p).await;
-                let Ok(request) = request else {
-                    let _ = replies.send(Response::error(
-                        0,
-                        RemoteError::new(ErrorKind::ProtocolError, "undecodable request"),
-                    ));
-                    continue;
-                };
-                let fake = self.clone();
-                let replies = replies.clone();
-                tokio::spawn(async move {
-                    let id = request.id;
-                    let reply = match request.deadline_ms.map(Duration::from_millis) {
-                        Some(deadline) => tokio::time::timeout(deadline, fake.handle(request))
-                            .await
-                            .unwrap_or_else(|_| Some(deadline_exceeded(id, deadline))),
-                        None => fake.handle(request).await,
-                    };
-                    if let Some(reply) = reply {
-                        let _ = replies.send(reply);
+                match frame {
+                    Ok(HostFrame::Request(request)) if request.command == "cancel" => {
+                        self.cancel(request, &frames);
                     }
-                });
+                    Ok(HostFrame::Request(request)) => self.start(request, &frames),
+                    Ok(HostFrame::Answer(answer)) => {
+                        let waiting = self.with_state(|s| s.calls.remove(&answer.call));
+                        if let Some((_, waiting)) = waiting {
+                            let _ = waiting.send(answer.outcome);
+                        }
+                    }
+                    Err(_) => {
+                        let _ = frames.send(WorkerFrame::Reply(Response::error(
+                            0,
+                            RemoteError::new(ErrorKind::ProtocolError, "undecodable request"),
+                        )));
+                    }
+                }
             }
             0 // EOF: exit 0
         };
@@ -256,11 +274,73 @@ impl Fake {
         }
     }
 
-    async fn handle(&self, request: Request) -> Option<Response> {
+    /// Serves a request in a task of its own, answered once: by the task,
+    /// or by a `cancel` that ends it first.
+    fn start(&self, request: Request, frames: &mpsc::UnboundedSender<WorkerFrame>) {
+        let id = request.id;
+        self.with_state(|s| s.running.insert(id, None));
+        let fake = self.clone();
+        let frames = frames.clone();
+        let task = tokio::spawn(async move {
+            let reply = match request.deadline_ms.map(Duration::from_millis) {
+                Some(deadline) => tokio::time::timeout(deadline, fake.handle(request, &frames))
+                    .await
+                    .unwrap_or_else(|_| Some(deadline_exceeded(id, deadline))),
+                None => fake.handle(request, &frames).await,
+            };
+            let current = fake.with_state(|s| s.running.remove(&id).is_some());
+            if let Some(reply) = reply.filter(|_| current) {
+                let _ = frames.send(WorkerFrame::Reply(reply));
+            }
+        });
+        self.with_state(|s| {
+            if let Some(slot) = s.running.get_mut(&id) {
+                *slot = Some(task.abort_handle());
+            }
+        });
+    }
+
+    /// `cancel`: ends request `request_id` at once (answered `Cancelled`,
+    /// its callbacks released), then answers whether it did.
+    fn cancel(&self, request: Request, frames: &mpsc::UnboundedSender<WorkerFrame>) {
+        let target = request
+            .args
+            .get("request_id")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let ended = self.with_state(|s| {
+            let ended = s.running.remove(&target);
+            if ended.is_some() {
+                s.calls.retain(|_, (owner, _)| *owner != target);
+            }
+            ended
+        });
+        let cancelled = ended.is_some();
+        if let Some(handle) = ended.flatten() {
+            handle.abort();
+        }
+        if cancelled {
+            let _ = frames.send(WorkerFrame::Reply(Response::error(
+                target,
+                RemoteError::new(ErrorKind::Cancelled, "cancelled by the host"),
+            )));
+        }
+        let _ = frames.send(WorkerFrame::Reply(Response::ok(
+            request.id,
+            json!({"cancelled": cancelled}),
+        )));
+    }
+
+    async fn handle(
+        &self,
+        request: Request,
+        frames: &mpsc::UnboundedSender<WorkerFrame>,
+    ) -> Option<Response> {
         let id = request.id;
         if let Ok(mut state) = self.state.lock() {
             state.requests += 1;
         }
+        let events = request.events.then_some(frames);
         let args = request.args.as_object().cloned().unwrap_or_default();
         let result = match request.command.as_str() {
             "ping" => Ok(json!({"status": "ok", "worker_id": self.worker_id, "pid": self.pid})),
@@ -287,10 +367,13 @@ impl Fake {
             }
             "configure_lm" => self.configure_lm(&args),
             "create_program" => self.create_program(Value::Object(args)),
-            "execute_program" => {
+            "execute_program" | "execute_batch" => {
                 let latency = self.with_state(|s| s.lm_latency);
                 tokio::time::sleep(latency).await;
-                self.execute_program(args)
+                let host = self.host(id, frames);
+                let batch = request.command == "execute_batch";
+                self.execute(args, batch, &*host, events.map(|f| (id, f)))
+                    .await
             }
             "list_programs" => Ok(self.with_state(|s| {
                 let mut ids: Vec<&String> = s.programs.keys().collect();
@@ -304,7 +387,8 @@ impl Fake {
             }
             "get_stats" => Ok(self.with_state(|s| {
                 json!({"worker_id": self.worker_id, "pid": self.pid, "requests": s.requests,
-                       "programs": s.programs.len(), "lm": s.lm})
+                       "programs": s.programs.len(), "lm": s.lm,
+                       "callbacks": {"pending": s.calls.len()}})
             })),
             "reset_state" => Ok(self.with_state(|s| {
                 let cleared = s.programs.len();
@@ -320,6 +404,39 @@ impl Fake {
         Some(Response {
             id,
             outcome: result,
+        })
+    }
+
+    /// Callbacks of request `id` to the host: each sent as a `call` frame,
+    /// answered when the host's answer arrives.
+    #[allow(clippy::type_complexity)]
+    fn host(
+        &self,
+        id: RequestId,
+        frames: &mpsc::UnboundedSender<WorkerFrame>,
+    ) -> Box<dyn Fn(&str, Value) -> BoxFuture<'static, Result<Value, CallError>> + Send + Sync>
+    {
+        let fake = self.clone();
+        let frames = frames.clone();
+        Box::new(move |name: &str, args: Value| {
+            let call = fake.next_call.fetch_add(1, Ordering::Relaxed);
+            let (answer, answered) = oneshot::channel();
+            fake.with_state(|s| s.calls.insert(call, (id, answer)));
+            let _ = frames.send(WorkerFrame::Call(CallFrame {
+                id,
+                call,
+                name: name.to_owned(),
+                args,
+            }));
+            async move {
+                answered.await.unwrap_or_else(|_| {
+                    Err(CallError::new(
+                        ErrorKind::Cancelled,
+                        "the request was cancelled",
+                    ))
+                })
+            }
+            .boxed()
         })
     }
 
@@ -353,6 +470,7 @@ impl Fake {
     fn create_program(&self, args: Value) -> Result<Value, RemoteError> {
         let program: ProgramDefinition = serde_json::from_value(args)
             .map_err(|e| RemoteError::new(ErrorKind::InvalidArguments, e.to_string()))?;
+        fake_check(&program)?;
         let reply = json!({
             "program_id": program.program_id,
             "inputs": program.signature.inputs.iter().map(|f| &f.name).collect::<Vec<_>>(),
@@ -362,7 +480,14 @@ impl Fake {
         Ok(reply)
     }
 
-    fn execute_program(&self, mut args: Map<String, Value>) -> Result<Value, RemoteError> {
+    /// `execute_program`, or `execute_batch` with `batch`.
+    async fn execute(
+        &self,
+        mut args: Map<String, Value>,
+        batch: bool,
+        host: CallHost<'_>,
+        events: Option<(RequestId, &mpsc::UnboundedSender<WorkerFrame>)>,
+    ) -> Result<Value, RemoteError> {
         if let Some(program) = args.remove("program") {
             self.create_program(program)?;
         }
@@ -403,23 +528,16 @@ impl Fake {
                 "no LM configured",
             ));
         };
-        let inputs = args
-            .get("inputs")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        for field in &program.signature.inputs {
-            if !field.optional && !inputs.contains_key(&field.name) {
-                return Err(invalid(
-                    &format!("missing input `{}`", field.name),
-                    &field.name,
-                ));
+        let send = |event: &str, data: Value| {
+            if let Some((id, frames)) = events {
+                let _ = frames.send(WorkerFrame::Event(EventFrame {
+                    id,
+                    event: event.to_owned(),
+                    data,
+                }));
             }
-        }
-        let outputs = fake_outputs(&program, &inputs);
-        Ok(json!({
-            "program_id": program_id, "outputs": outputs, "duration_ms": 0.0, "model": model
-        }))
+        };
+        fake_execute(&program, &args, batch, &model, host, &send).await
     }
 }
 
@@ -442,72 +560,9 @@ fn ready_value(ready: &Ready) -> Value {
     serde_json::to_value(ready).unwrap_or(Value::Null)
 }
 
-/// Deterministic outputs of `program` for `inputs`: a value of each output's
-/// declared type derived from a hash of the inputs, and a `reasoning` string
-/// first for chain-of-thought modules — the shape the real worker's offline
-/// `dummy` LM produces.
-pub fn fake_outputs(
-    program: &ProgramDefinition,
-    inputs: &Map<String, Value>,
-) -> Map<String, Value> {
-    let mut hasher = DefaultHasher::new();
-    serde_json::to_string(inputs)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    let seed = hasher.finish();
-    let mut outputs = Map::new();
-    if matches!(
-        program.module.as_str(),
-        "chain_of_thought" | "chainofthought" | "cot"
-    ) {
-        outputs.insert(
-            "reasoning".into(),
-            json!(format!("reasoning: {:08x}", seed as u32)),
-        );
-    }
-    for field in &program.signature.outputs {
-        outputs.insert(field.name.clone(), fake_value(&field.name, &field.ty, seed));
-    }
-    outputs
-}
-
-/// A deterministic value of the declared type.
-fn fake_value(name: &str, ty: &str, seed: u64) -> Value {
-    let ty = ty.trim();
-    let inner = |prefix: &str| {
-        ty.strip_prefix(prefix)
-            .and_then(|rest| rest.strip_suffix(']'))
-            .map(str::trim)
-    };
-    if let Some(inner) = inner("optional[") {
-        return fake_value(name, inner, seed);
-    }
-    if let Some(inner) = inner("list[") {
-        return json!([
-            fake_value(name, inner, seed),
-            fake_value(name, inner, seed / 3)
-        ]);
-    }
-    if let Some(inner) = inner("dict[") {
-        let value_ty = inner.split_once(',').map_or("str", |(_, v)| v.trim());
-        return json!({"k0": fake_value(name, value_ty, seed)});
-    }
-    if let Some(inner) = inner("literal[") {
-        let members: Vec<&str> = inner.split('|').map(str::trim).collect();
-        let pick = usize::try_from(seed % members.len().max(1) as u64).unwrap_or(0);
-        return json!(members.get(pick).copied().unwrap_or_default());
-    }
-    match ty {
-        "int" => json!(seed % 1000),
-        // In [0, 1): fits probabilities and confidence scores too.
-        "float" => json!((seed % 10_000) as f64 / 10_000.0),
-        "bool" => json!(seed % 2 == 1),
-        _ => json!(format!("{name}: {:08x}", seed as u32)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::run::fake_value;
     use super::*;
     use crate::WorkerConfig;
     use crate::process::RunTag;
