@@ -106,9 +106,18 @@ class CallbackTable:
             }
 
     def call(
-        self, slot: ReplySlot, name: str, args: dict[str, Any], timeout: float | None = None
+        self,
+        slot: ReplySlot,
+        name: str,
+        args: dict[str, Any],
+        timeout: float | None = None,
+        as_request: int | None = None,
     ) -> Any:
-        """Send a callback for ``slot``'s request and wait for its answer (see the module doc)."""
+        """Send a callback for ``slot``'s request and wait for its answer (see the module doc).
+
+        ``as_request`` (fault injection only) writes another request id into the frame, as a
+        confused worker would; the host must answer it without harm.
+        """
         if not isinstance(name, str) or not name or len(name) > MAX_NAME:
             raise ValueError(f"a callback name must be a string of 1-{MAX_NAME} characters")
         if not isinstance(args, dict):
@@ -123,7 +132,8 @@ class CallbackTable:
             self._pending[call_id] = pending
         remove_hook = slot.on_abandon(pending.done.set)
         try:
-            frame = {"id": slot.request_id, "call": call_id, "name": name, "args": plain_args}
+            frame_id = slot.request_id if as_request is None else as_request
+            frame = {"id": frame_id, "call": call_id, "name": name, "args": plain_args}
             if not slot.send_frame(frame):
                 if slot.abandoned.is_set():
                     raise slot.abandon_error()

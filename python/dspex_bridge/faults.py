@@ -35,7 +35,8 @@ emit_events              ``count`` (default 3): ``progress``        ``{"sent"}``
 call_host                ``name`` (default ``echo``), ``args``      ``{"results": [{"ok",
                          (map), ``count`` parallel callbacks         "result" | "error"}]}``
                          (default 1, one thread each),              in call order
-                         ``timeout_ms``
+                         ``timeout_ms``, ``as_request`` (another
+                         request id written into the frames)
 =======================  =========================================  ==========================
 """
 
@@ -288,6 +289,11 @@ def call_host(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     call_args = args.get("args", {})
     count = _int_arg(args, "count", 1, 1, 32)
     timeout_ms = args.get("timeout_ms")
+    as_request = args.get("as_request")
+    if as_request is not None and (
+        not isinstance(as_request, int) or isinstance(as_request, bool) or as_request < 0
+    ):
+        raise InvalidArguments("'as_request' must be an integer >= 0", {"field": "as_request"})
     if not isinstance(name, str) or not name:
         raise InvalidArguments("'name' must be a string", {"field": "name"})
     if not isinstance(call_args, dict):
@@ -304,7 +310,7 @@ def call_host(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     def one(i: int) -> None:
         with bind(slot):
             try:
-                value = slot.callback(name, {**call_args, "index": i}, timeout)
+                value = slot.callback(name, {**call_args, "index": i}, timeout, as_request)
                 results[i] = {"ok": True, "result": value}
             except CallbackError as exc:
                 error = {"kind": exc.kind, "message": exc.message, "details": exc.details}

@@ -215,16 +215,23 @@ class ReplySlot:
             return False
         return self.send_frame({"id": self.request_id, "event": kind, "data": data})
 
-    def callback(self, name: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+    def callback(
+        self,
+        name: str,
+        args: dict[str, Any],
+        timeout: float | None = None,
+        as_request: int | None = None,
+    ) -> Any:
         """Ask the host to run ``name(args)`` and wait for its answer (see ``callbacks.py``).
 
         Raises ``callbacks.CallbackError`` for an error answer (or a ``timeout``), and the
         abandonment error (``Cancelled`` / ``DeadlineExceeded``) at once when the request is
-        abandoned while waiting.
+        abandoned while waiting. ``as_request`` is for fault injection only (see
+        ``CallbackTable.call``).
         """
         if self._callbacks is None:
             raise RuntimeError("this request cannot call back to the host (no callback table)")
-        return self._callbacks.call(self, name, args, timeout)
+        return self._callbacks.call(self, name, args, timeout, as_request)
 
     def on_abandon(self, hook: AbandonHook) -> Callable[[], None]:
         """Run ``hook`` when the request is abandoned (at once if it already is).

@@ -92,7 +92,12 @@ impl TreeContext {
             python_path: self.python.python_path(),
             worker_id: worker_id.to_owned(),
             args: self.args.clone(),
-            env: self.env.clone(),
+            env: self
+                .python
+                .worker_env()
+                .into_iter()
+                .chain(self.env.iter().cloned())
+                .collect(),
             run_tag: self.run_tag.clone(),
             fds: self.fds.clone(),
         }

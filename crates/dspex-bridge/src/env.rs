@@ -53,6 +53,11 @@ pub struct PythonConfig {
     /// Always use the managed environment, ignoring `interpreter` and
     /// `DSPEX_PYTHON` (the project's own tests use this).
     pub managed_only: bool,
+    /// The service's Python project: the one directory `python` modules
+    /// are imported from (workers get it as `DSPEX_PROJECT_DIR`). Its
+    /// `requirements.txt`, if any, is installed into a layer of the managed
+    /// environment keyed by its hash.
+    pub project: Option<PathBuf>,
 }
 
 /// Where the interpreter came from.
@@ -76,6 +81,10 @@ pub struct PythonEnv {
     pub source: InterpreterSource,
     /// The directory that contains `dspex_bridge/`.
     pub package_root: PathBuf,
+    /// The service's Python project directory (absolute), if configured.
+    pub project: Option<PathBuf>,
+    /// Where the project's requirements are installed (on `PYTHONPATH`).
+    pub layer: Option<PathBuf>,
 }
 
 /// Why no usable Python could be resolved.
@@ -129,6 +138,14 @@ pub enum EnvError {
     /// The blocking resolution task was cancelled or panicked.
     #[error("python environment resolution did not complete: {0}")]
     Interrupted(String),
+    /// The configured project directory cannot be used.
+    #[error("the Python project directory {path} cannot be used: {reason}")]
+    Project {
+        /// The directory configured.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl PythonEnv {
@@ -157,16 +174,34 @@ impl PythonEnv {
             .map_err(|error| EnvError::Interrupted(error.to_string()))?
     }
 
-    /// The `PYTHONPATH` value for a worker: the package root, then whatever
-    /// `PYTHONPATH` the host had.
+    /// The `PYTHONPATH` value for a worker: the package root, the
+    /// project's layer, then whatever `PYTHONPATH` the host had.
     pub fn python_path(&self) -> OsString {
         let mut paths = vec![self.package_root.clone()];
+        paths.extend(self.layer.clone());
         if let Some(existing) = env::var_os("PYTHONPATH") {
             paths.extend(env::split_paths(&existing));
         }
         env::join_paths(paths).unwrap_or_else(|_| self.package_root.clone().into_os_string())
     }
+
+    /// The environment variables a worker needs besides `PYTHONPATH`
+    /// (`DSPEX_PROJECT_DIR`).
+    pub fn worker_env(&self) -> Vec<(OsString, OsString)> {
+        self.project
+            .iter()
+            .map(|dir| {
+                (
+                    OsString::from(PROJECT_ENV_VAR),
+                    dir.clone().into_os_string(),
+                )
+            })
+            .collect()
+    }
 }
+
+/// The variable naming the project directory to a worker.
+pub const PROJECT_ENV_VAR: &str = "DSPEX_PROJECT_DIR";
 
 fn resolve_with(
     config: &PythonConfig,
@@ -176,19 +211,50 @@ fn resolve_with(
     let package_root = materialize_package(&cache)?;
     let explicit = config.interpreter.as_ref().filter(|_| !config.managed_only);
     let from_env = || var(PYTHON_ENV_VAR).filter(|p| !p.is_empty() && !config.managed_only);
-    let (interpreter, source) = if let Some(path) = explicit {
-        (path.clone(), InterpreterSource::Explicit)
+    let project = config.project.as_deref().map(project_dir).transpose()?;
+    let (interpreter, source, layer) = if let Some(path) = explicit {
+        (path.clone(), InterpreterSource::Explicit, None)
     } else if let Some(path) = from_env() {
-        (PathBuf::from(path), InterpreterSource::EnvVar)
+        (PathBuf::from(path), InterpreterSource::EnvVar, None)
     } else {
         let venv = ManagedVenv::new(&cache, &package_root, config);
-        (venv.ensure()?, InterpreterSource::Managed)
+        let python = venv.ensure()?;
+        let layer = match &project {
+            Some(project) => venv.project_layer(&cache, project)?,
+            None => None,
+        };
+        (python, InterpreterSource::Managed, layer)
     };
+    if source != InterpreterSource::Managed
+        && let Some(project) = &project
+        && project.join("requirements.txt").is_file()
+    {
+        tracing::warn!(
+            project = %project.display(),
+            "the project's requirements.txt is not installed: the interpreter is not the managed \
+             environment, so its packages are its owner's business"
+        );
+    }
     Ok(PythonEnv {
         interpreter,
         source,
         package_root,
+        project,
+        layer,
     })
+}
+
+/// The project directory, absolute and checked.
+fn project_dir(path: &Path) -> Result<PathBuf, EnvError> {
+    let bad = |reason: String| EnvError::Project {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let dir = fs::canonicalize(path).map_err(|e| bad(e.to_string()))?;
+    if !dir.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    Ok(dir)
 }
 
 fn cache_dir(config: &PythonConfig, var: &impl Fn(&str) -> Option<OsString>) -> PathBuf {
@@ -384,7 +450,64 @@ impl<'a> ManagedVenv<'a> {
     }
 
     fn pip_install(&self, requirements: &str) -> Result<(), EnvError> {
-        let mut child = Command::new(self.python())
+        let mut args: Vec<OsString> = vec!["-r".into()];
+        args.push(self.package_root.join(requirements).into_os_string());
+        self.pip(args, None, &self.dir)
+    }
+
+    /// The layer of the project's `requirements.txt`: installed with
+    /// `pip install --target` into `<cache>/layers/<key>/`, the key hashing
+    /// this environment and the file, under the pins of the environment
+    /// (so a project cannot move a package the workers depend on). `None`
+    /// when the project has no requirements.
+    fn project_layer(&self, cache: &Path, project: &Path) -> Result<Option<PathBuf>, EnvError> {
+        use sha2::{Digest, Sha256};
+        let requirements = project.join("requirements.txt");
+        let Ok(text) = fs::read(&requirements) else {
+            return Ok(None);
+        };
+        let mut digest = Sha256::new();
+        digest.update(self.dir.as_os_str().as_encoded_bytes());
+        digest.update(&text);
+        let key: String = digest.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let layers = cache.join("layers");
+        let dir = layers.join(&key);
+        let ready = || dir.join(READY_MARKER).is_file();
+        if ready() {
+            return Ok(Some(dir));
+        }
+        fs::create_dir_all(&layers).map_err(io_err("create directory", &layers))?;
+        let lock_path = layers.join(format!("{key}.lock"));
+        let lock = File::create(&lock_path).map_err(io_err("open lock", &lock_path))?;
+        lock.lock().map_err(io_err("lock", &lock_path))?;
+        if !ready() {
+            if dir.exists() {
+                fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+            }
+            self.progress(format_args!(
+                "installing {} into {}",
+                requirements.display(),
+                dir.display()
+            ));
+            let mut args: Vec<OsString> = vec!["--target".into(), dir.clone().into_os_string()];
+            args.push("-r".into());
+            args.push(requirements.into_os_string());
+            // Relative paths in the file are the project's.
+            self.pip(args, Some(project), &dir)?;
+            let marker = dir.join(READY_MARKER);
+            fs::write(&marker, key.as_bytes()).map_err(io_err("write", &marker))?;
+        }
+        Ok(Some(dir))
+    }
+
+    /// Runs `pip install ARGS -c constraints.txt` with this environment's
+    /// Python, echoing its lines as progress.
+    fn pip(&self, args: Vec<OsString>, cwd: Option<&Path>, target: &Path) -> Result<(), EnvError> {
+        let mut command = Command::new(self.python());
+        command
             .args([
                 "-m",
                 "pip",
@@ -393,19 +516,20 @@ impl<'a> ManagedVenv<'a> {
                 "--no-input",
                 "--progress-bar",
                 "off",
-                "-r",
             ])
-            .arg(self.package_root.join(requirements))
+            .args(args)
             .arg("-c")
             .arg(self.package_root.join("constraints.txt"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| EnvError::PythonNotFound {
-                path: self.python(),
-                source,
-            })?;
+            .stderr(Stdio::piped());
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command.spawn().map_err(|source| EnvError::PythonNotFound {
+            path: self.python(),
+            source,
+        })?;
         // Echo pip's lines as progress and keep the last ones for the error.
         let tail = Arc::new(Mutex::new(Tail::new(40)));
         let echoes: Vec<_> = [
@@ -435,7 +559,7 @@ impl<'a> ManagedVenv<'a> {
             })
         })
         .collect();
-        let status = child.wait().map_err(io_err("wait for pip in", &self.dir))?;
+        let status = child.wait().map_err(io_err("wait for pip in", target))?;
         for echo in echoes {
             let _ = echo.join();
         }
@@ -444,7 +568,7 @@ impl<'a> ManagedVenv<'a> {
         }
         let output_tail = tail.lock().map(|t| t.to_string()).unwrap_or_default();
         Err(EnvError::InstallFailed {
-            path: self.dir.clone(),
+            path: target.to_path_buf(),
             status,
             output_tail,
         })

@@ -18,6 +18,8 @@ fn fake_python() -> PythonEnv {
         interpreter: "fake-python".into(),
         source: InterpreterSource::Explicit,
         package_root: "/nonexistent".into(),
+        project: None,
+        layer: None,
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod demo;
 mod run;
+mod tools;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,10 @@ struct Cli {
     /// The adapter: python, bridge_mock or mock.
     #[arg(long, global = true, value_parser = parse_adapter)]
     adapter: Option<AdapterKind>,
+    /// The service's Python project: where `python:` modules are imported
+    /// from (its requirements.txt is installed as a layer).
+    #[arg(long, global = true, value_name = "DIR")]
+    project: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -105,6 +110,9 @@ async fn main() -> Result<()> {
     }
     if let Some(python) = &cli.python {
         builder = builder.python(python);
+    }
+    if let Some(project) = &cli.project {
+        builder = builder.python_project(project);
     }
     // The LM is configured once, at start: the one the configuration names
     // (`[lm]`, or `DSPEX_LM` with `DSPEX_LM_API_KEY`), else the offline one.

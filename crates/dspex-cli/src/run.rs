@@ -1,9 +1,16 @@
 //! `dspex run`: one program, once.
 
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result, bail};
-use clap::Args;
-use dspex::{Dspex, ExecuteOptions, Module, Signature};
+use clap::{Args, ValueEnum};
+use dspex::{Base, Dspex, ExecuteOptions, FieldType, Module, Prediction, Signature, StreamEvent};
+use futures::StreamExt;
 use serde_json::{Map, Value};
+
+use crate::tools;
 
 /// Options of `dspex run`.
 #[derive(Debug, Args)]
@@ -11,28 +18,137 @@ pub(crate) struct RunArgs {
     /// The signature, e.g. "question: str -> answer: str, confidence: float".
     #[arg(long, short)]
     signature: String,
-    /// An input as NAME=VALUE (VALUE is JSON if it parses as JSON, else text).
+    /// An input as NAME=VALUE. For a text field VALUE is the text as given;
+    /// for any other field it is JSON.
     #[arg(long = "input", short, value_name = "NAME=VALUE")]
     inputs: Vec<String>,
-    /// The module: predict, or chain_of_thought (cot).
+    /// The module: predict, cot, react (with the `calculator` and `lookup`
+    /// tools), best_of_n, refine (rewarding complete outputs), mcc, or
+    /// python:package.module:Class (from --project).
     #[arg(long, short, default_value = "predict")]
-    module: Module,
+    module: String,
+    /// Attempts of best_of_n and refine; the reasoning attempts of mcc.
+    #[arg(long, default_value_t = 3)]
+    n: u32,
+    /// Iterations a react program may take.
+    #[arg(long, default_value_t = 10)]
+    max_iters: u32,
+    /// Facts the `lookup` tool knows: a JSON file of {"key": value}.
+    #[arg(long, value_name = "FILE")]
+    facts: Option<PathBuf>,
+    /// The constructor's keyword arguments of a python module (a JSON map).
+    #[arg(long, value_name = "JSON")]
+    kwargs: Option<String>,
+    /// Few-shot examples: a JSON Lines file, one map of field values per line.
+    #[arg(long, value_name = "FILE.jsonl")]
+    demos: Option<PathBuf>,
     /// Instructions for the LM.
     #[arg(long)]
     instructions: Option<String>,
-    /// Print the whole prediction as JSON.
+    /// Print the output fields as the LM writes them.
+    #[arg(long)]
+    stream: bool,
+    /// Print the whole prediction as JSON (with its LM usage).
     #[arg(long)]
     json: bool,
 }
 
-fn parse_inputs(pairs: &[String]) -> Result<Map<String, Value>> {
+/// The modules `dspex run` can build from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    Predict,
+    #[value(alias = "chain_of_thought")]
+    Cot,
+    React,
+    #[value(name = "best_of_n", alias = "best-of-n")]
+    BestOfN,
+    Refine,
+    #[value(alias = "multi_chain_comparison")]
+    Mcc,
+    #[value(name = "program_of_thought", alias = "pot")]
+    ProgramOfThought,
+    #[value(alias = "code_act")]
+    Codeact,
+}
+
+impl RunArgs {
+    fn build_module(&self) -> Result<Module> {
+        let name = self.module.trim();
+        if let Some(path) = name.strip_prefix("python:") {
+            let mut module = Module::python(path);
+            if let Some(kwargs) = &self.kwargs {
+                let kwargs: Value = serde_json::from_str(kwargs).context("parsing --kwargs")?;
+                module = module.kwargs(kwargs);
+            }
+            return Ok(module.into());
+        }
+        let kind = Kind::from_str(name, true).map_err(|_| {
+            anyhow::anyhow!(
+                "unknown --module {name:?}: use predict, cot, react, best_of_n, refine, mcc or \
+                 python:package.module:Class"
+            )
+        })?;
+        Ok(match kind {
+            Kind::Predict => Module::Predict,
+            Kind::Cot => Module::ChainOfThought,
+            Kind::React => {
+                let facts = match &self.facts {
+                    Some(path) => read_facts(path)?,
+                    None => HashMap::new(),
+                };
+                Module::react([tools::calculator(), tools::lookup(facts)])
+                    .max_iters(self.max_iters)
+                    .into()
+            }
+            Kind::BestOfN => Module::best_of_n(self.n, tools::complete_outputs()).into(),
+            Kind::Refine => Module::refine(self.n, tools::complete_outputs())
+                .base(Base::ChainOfThought)
+                .into(),
+            Kind::Mcc => Module::multi_chain_comparison(self.n).into(),
+            Kind::ProgramOfThought => Module::ProgramOfThought,
+            Kind::Codeact => Module::CodeAct,
+        })
+    }
+}
+
+fn read_facts(path: &Path) -> Result<HashMap<String, Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --facts {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("--facts {} must be a JSON map", path.display()))
+}
+
+fn read_demos(path: &Path) -> Result<Vec<Map<String, Value>>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --demos {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not a JSON map", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// `NAME=VALUE` pairs as inputs: text for a text field (a `str`, even
+/// when it would parse as JSON), JSON for any other.
+fn parse_inputs(signature: &Signature, pairs: &[String]) -> Result<Map<String, Value>> {
     let mut inputs = Map::new();
     for pair in pairs {
         let Some((name, value)) = pair.split_once('=') else {
             bail!("--input {pair:?} must be NAME=VALUE");
         };
-        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
-        if inputs.insert(name.trim().to_owned(), value).is_some() {
+        let name = name.trim();
+        let text = signature
+            .input(name)
+            .is_some_and(|field| field.ty().without_optional() == &FieldType::Str);
+        let value = if text {
+            Value::String(value.to_owned())
+        } else {
+            serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()))
+        };
+        if inputs.insert(name.to_owned(), value).is_some() {
             bail!("--input {name} is given twice");
         }
     }
@@ -41,31 +157,87 @@ fn parse_inputs(pairs: &[String]) -> Result<Map<String, Value>> {
 
 pub(crate) async fn run(dspex: Dspex, args: RunArgs) -> Result<()> {
     let mut signature = Signature::parse(&args.signature).context("parsing --signature")?;
-    if let Some(instructions) = args.instructions {
-        signature = signature.with_instructions(instructions);
+    if let Some(instructions) = &args.instructions {
+        signature = signature.with_instructions(instructions.clone());
     }
-    let inputs = parse_inputs(&args.inputs)?;
-    dspex.create_program("run", signature, args.module).await?;
-    let prediction = dspex
-        .execute("run", inputs, ExecuteOptions::default())
-        .await?;
+    let inputs = parse_inputs(&signature, &args.inputs)?;
+    let module = args.build_module()?;
+    dspex.create_program("run", signature, module).await?;
+    if let Some(path) = &args.demos {
+        dspex.set_demos("run", read_demos(path)?).await?;
+    }
+    let options = ExecuteOptions::default();
+    let prediction = if args.stream {
+        stream(&dspex, inputs, options, args.json).await?
+    } else {
+        dspex.execute("run", inputs, options).await?
+    };
     if args.json {
         let report = serde_json::json!({
             "program_id": prediction.program_id,
             "outputs": prediction.outputs,
             "model": prediction.model,
+            "usage": prediction.usage,
             "latency_ms": prediction.latency.as_secs_f64() * 1e3,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for (name, value) in &prediction.outputs {
-            match value {
-                Value::String(text) => println!("{name}: {text}"),
-                other => println!("{name}: {other}"),
+    } else if !args.stream {
+        print_outputs(&prediction, &[]);
+    }
+    Ok(())
+}
+
+/// Runs the program streaming, printing each field's text as it arrives
+/// (unless `quiet`), then the fields that were not streamed.
+async fn stream(
+    dspex: &Dspex,
+    inputs: Map<String, Value>,
+    options: ExecuteOptions,
+    quiet: bool,
+) -> Result<Prediction> {
+    let mut stream = dspex.execute_stream("run", inputs, options)?;
+    let mut streamed: Vec<String> = Vec::new();
+    let mut out = std::io::stdout();
+    while let Some(event) = stream.next().await {
+        match event? {
+            StreamEvent::Chunk(chunk) => {
+                if quiet {
+                    continue;
+                }
+                if streamed.last() != Some(&chunk.field) {
+                    if !streamed.is_empty() {
+                        writeln!(out)?;
+                    }
+                    write!(out, "{}: ", chunk.field)?;
+                    streamed.push(chunk.field.clone());
+                }
+                write!(out, "{}", chunk.text)?;
+                out.flush()?;
+            }
+            StreamEvent::Prediction(prediction) => {
+                if !streamed.is_empty() {
+                    writeln!(out)?;
+                }
+                if !quiet {
+                    print_outputs(&prediction, &streamed);
+                }
+                return Ok(prediction);
             }
         }
     }
-    Ok(())
+    bail!("the stream ended without a prediction")
+}
+
+fn print_outputs(prediction: &Prediction, skip: &[String]) {
+    for (name, value) in &prediction.outputs {
+        if skip.contains(name) {
+            continue;
+        }
+        match value {
+            Value::String(text) => println!("{name}: {text}"),
+            other => println!("{name}: {other}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -73,17 +245,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inputs_are_json_when_they_parse_and_text_otherwise() {
-        let inputs = parse_inputs(&[
-            "question=What is 2+2?".into(),
-            "n=3".into(),
-            "tags=[\"a\",\"b\"]".into(),
-        ])
+    fn a_text_input_stays_text_and_others_are_json() {
+        let signature =
+            Signature::parse("question: str, n: int, tags: list[str], note: optional[str] -> a")
+                .unwrap();
+        let inputs = parse_inputs(
+            &signature,
+            &[
+                "question=42".into(),
+                "n=3".into(),
+                "tags=[\"a\",\"b\"]".into(),
+                "note=[1]".into(),
+            ],
+        )
         .unwrap();
-        assert_eq!(inputs["question"], "What is 2+2?");
+        assert_eq!(inputs["question"], "42");
         assert_eq!(inputs["n"], 3);
         assert_eq!(inputs["tags"], serde_json::json!(["a", "b"]));
-        assert!(parse_inputs(&["novalue".into()]).is_err());
-        assert!(parse_inputs(&["a=1".into(), "a=2".into()]).is_err());
+        assert_eq!(inputs["note"], "[1]");
+        assert!(parse_inputs(&signature, &["novalue".into()]).is_err());
+        assert!(parse_inputs(&signature, &["n=1".into(), "n=2".into()]).is_err());
+    }
+
+    fn args(module: &str) -> RunArgs {
+        RunArgs {
+            signature: "q -> a".into(),
+            inputs: vec![],
+            module: module.into(),
+            n: 3,
+            max_iters: 4,
+            facts: None,
+            kwargs: Some("{\"k\": 2}".into()),
+            demos: None,
+            instructions: None,
+            stream: false,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn every_module_name_builds() {
+        for (name, built) in [
+            ("predict", "predict"),
+            ("cot", "chain_of_thought"),
+            ("chain_of_thought", "chain_of_thought"),
+            ("react", "react"),
+            ("best_of_n", "best_of_n"),
+            ("refine", "refine"),
+            ("mcc", "multi_chain_comparison"),
+            ("pot", "program_of_thought"),
+            ("codeact", "codeact"),
+            ("python:app.rag:RAG", "python"),
+        ] {
+            assert_eq!(args(name).build_module().unwrap().name(), built, "{name}");
+        }
+        assert!(args("nope").build_module().is_err());
     }
 }

@@ -25,9 +25,11 @@
 //! on the shutdown.
 
 mod leak;
+mod lm_server;
 mod pool;
 mod wait;
 
 pub use leak::{LeakReport, check as check_leaks, fd_count, zombie_children};
+pub use lm_server::LmServer;
 pub use pool::{TestPool, TestPoolBuilder, TestTree, managed_python};
 pub use wait::{poll_until, wait_event};

@@ -34,6 +34,10 @@
 //! unhealthy_after = 3
 //! restart_after = 3
 //!
+//! [python]
+//! project = "py/"           # the service's own DSPy code (relative to this file);
+//!                           # its requirements.txt is installed as a layer
+//!
 //! [lm]
 //! model = "openai/gpt-4o-mini"
 //! api_key_env = "OPENAI_API_KEY"
@@ -278,6 +282,11 @@ pub struct PythonSettings {
     pub interpreter: Option<PathBuf>,
     /// The cache directory of the managed environment.
     pub cache_dir: Option<PathBuf>,
+    /// The service's Python project: the only directory `python` modules
+    /// ([`crate::Module::python`]) are imported from. Its `requirements.txt`,
+    /// if any, is installed into a layer of the managed environment keyed by
+    /// its hash. In a file, a relative path is relative to the file.
+    pub project: Option<PathBuf>,
 }
 
 /// The whole configuration. See the module docs for the file form.
@@ -395,12 +404,18 @@ impl Config {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::configuration(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_toml(&text).map_err(|e| match e {
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
             Error::Configuration { message } => {
                 Error::configuration(format!("{}: {message}", path.display()))
             }
             other => other,
-        })
+        })?;
+        if let (Some(project), Some(dir)) = (&mut config.python.project, path.parent())
+            && project.is_relative()
+        {
+            *project = dir.join(&*project);
+        }
+        Ok(config)
     }
 
     /// Applies the `DSPEX_*` variables found by `var` over this config:
@@ -632,6 +647,7 @@ impl Config {
             python: PythonConfig {
                 interpreter: self.python.interpreter.clone(),
                 cache_dir: self.python.cache_dir.clone(),
+                project: self.python.project.clone(),
                 ..PythonConfig::default()
             },
             worker: WorkerConfig {

@@ -264,6 +264,13 @@ impl DspexBuilder {
         self
     }
 
+    /// Sets the service's Python project directory (see
+    /// [`crate::config::PythonSettings::project`]).
+    pub fn python_project(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.python.project = Some(dir.into());
+        self
+    }
+
     /// Adds an environment variable for the workers.
     pub fn worker_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.worker_env.push((key.into(), value.into()));

@@ -478,12 +478,8 @@ impl WorkerActorState {
 
     fn on_event(&mut self, event: EventFrame) {
         let Some(pending) = self.pending.get(&event.id) else {
-            if event.id == 0 || event.id >= self.next_id {
-                return self.stream_unusable(Arc::new(ProtocolError::Shape(format!(
-                    "event for request id {} which was never sent",
-                    event.id
-                ))));
-            }
+            // Late, or for a request this side never sent: nobody's.
+            tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = event.id, event = %event.event, "event for a request not in flight; dropped");
             return;
         };
         if let Some(sink) = pending.events.as_ref().filter(|_| pending.reply.is_some()) {
@@ -497,12 +493,6 @@ impl WorkerActorState {
     /// A callback: its handler runs in a task of its own, never here; its
     /// answer comes back as [`Inner::Answered`].
     fn on_call(&mut self, myself: &ActorRef<WorkerMsg>, frame: CallFrame) {
-        if frame.id == 0 || frame.id >= self.next_id {
-            return self.stream_unusable(Arc::new(ProtocolError::Shape(format!(
-                "callback {} for request id {} which was never sent",
-                frame.call, frame.id
-            ))));
-        }
         if self.calls.contains_key(&frame.call) {
             return self.stream_unusable(Arc::new(ProtocolError::Shape(format!(
                 "callback id {} reused while it is outstanding",
@@ -521,9 +511,13 @@ impl WorkerActorState {
                     )
                 })
             }
-            _ => Err(CallError::new(
+            Some(_) => Err(CallError::new(
                 ErrorKind::Cancelled,
                 "the request's caller has gone",
+            )),
+            None => Err(CallError::new(
+                ErrorKind::Cancelled,
+                format!("request {} is not in flight", frame.id),
             )),
         };
         let handler = match handler {
@@ -883,6 +877,7 @@ impl WorkerActorState {
             in_flight: self.pending.len() - late,
             overdue: late,
             served: self.served,
+            callbacks: self.calls.len(),
         }
     }
 

@@ -120,6 +120,8 @@ pub struct WorkerInfo {
     pub overdue: usize,
     /// Requests answered since start.
     pub served: u64,
+    /// Callbacks of the worker whose handlers are running on this side.
+    pub callbacks: usize,
 }
 
 /// Something that happened to a worker, for observers.

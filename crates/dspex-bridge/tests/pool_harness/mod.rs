@@ -88,6 +88,8 @@ pub fn fake_python() -> PythonEnv {
         interpreter: "fake-python".into(),
         source: InterpreterSource::Explicit,
         package_root: "/nonexistent".into(),
+        project: None,
+        layer: None,
     }
 }
 

@@ -77,6 +77,8 @@ impl PoolAdapter {
             interpreter: "in-process-fake".into(),
             source: InterpreterSource::Explicit,
             package_root: std::env::temp_dir(),
+            project: None,
+            layer: None,
         };
         let boot = config.worker.boot_timeout;
         let mode = if config.size == 1 {
