@@ -31,5 +31,5 @@ mod wait;
 
 pub use leak::{LeakReport, check as check_leaks, fd_count, zombie_children};
 pub use lm_server::LmServer;
-pub use pool::{TestPool, TestPoolBuilder, TestTree, managed_python};
+pub use pool::{TestPool, TestPoolBuilder, TestTree, managed_python, managed_python_for};
 pub use wait::{poll_until, wait_event};

@@ -32,9 +32,19 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// # Errors
 /// When the environment cannot be created.
 pub fn managed_python() -> anyhow::Result<PythonEnv> {
+    managed_python_for(None)
+}
+
+/// [`managed_python`] for a service's Python `project` (its requirements
+/// layer installed, `DSPEX_PROJECT_DIR` set for workers).
+///
+/// # Errors
+/// When the environment or the layer cannot be created.
+pub fn managed_python_for(project: Option<PathBuf>) -> anyhow::Result<PythonEnv> {
     Ok(PythonEnv::resolve(&PythonConfig {
         managed_only: true,
         test_extras: true,
+        project,
         ..PythonConfig::default()
     })?)
 }
@@ -87,6 +97,7 @@ impl TestTree {
 pub struct TestPoolBuilder {
     config: PoolConfig,
     interpreter: Option<PathBuf>,
+    project: Option<PathBuf>,
 }
 
 impl Default for TestPoolBuilder {
@@ -94,6 +105,7 @@ impl Default for TestPoolBuilder {
         Self {
             config: TestPool::config(),
             interpreter: None,
+            project: None,
         }
     }
 }
@@ -205,12 +217,21 @@ impl TestPoolBuilder {
         self
     }
 
+    /// Gives the workers a Python project directory (see
+    /// [`managed_python_for`]).
+    #[must_use]
+    pub fn project(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.project = Some(dir.into());
+        self
+    }
+
     /// Starts the pool without waiting for its workers.
     ///
     /// # Errors
     /// When the Python environment or the pool cannot start.
     pub async fn start(self) -> anyhow::Result<TestPool> {
-        let mut python = tokio::task::spawn_blocking(managed_python).await??;
+        let project = self.project;
+        let mut python = tokio::task::spawn_blocking(move || managed_python_for(project)).await??;
         if let Some(interpreter) = self.interpreter {
             python.interpreter = interpreter;
         }
