@@ -4,13 +4,26 @@
 //! single). The same calls must give results of the same shape and the same
 //! typed errors everywhere.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use dspex::schemars::JsonSchema;
 use dspex::signature::TypedSignature;
 use dspex::{
-    AdapterKind, Category, Dspex, Error, ExecuteOptions, LmConfig, ModeSetting, Module, Signature,
+    AdapterKind, Category, Dspex, Error, ExecuteOptions, LmConfig, ModeSetting, Module, Reward,
+    Signature, StreamEvent, Tool,
 };
+use futures::StreamExt;
 use serde_json::{Value, json};
+
+/// What the suite's tools take.
+#[derive(serde::Deserialize, JsonSchema)]
+#[schemars(crate = "dspex::schemars")]
+struct Query {
+    /// What to look up.
+    query: String,
+}
 
 /// Classify a document.
 #[derive(dspex::Signature)]
@@ -224,7 +237,129 @@ async fn conformance(dspex: Dspex) {
     assert_eq!(status.programs, 2);
     assert_eq!(status.adapter.failed, None);
 
+    modules(&dspex).await;
     dspex.shutdown().await;
+}
+
+/// The modules beyond predict and chain of thought, streaming, batches and
+/// usage: the same shapes on every layer.
+async fn modules(dspex: &Dspex) {
+    let layer = dspex.status().adapter.kind;
+    let signature = Signature::parse("question: str -> answer: str").unwrap();
+    let question = json!({"question": "Where is Paris?"});
+
+    // ReAct calls its Rust tool; its error is an observation, not a failure.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let search = {
+        let calls = Arc::clone(&calls);
+        Tool::new("search", "Searches.", move |q: Query| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let answer = format!("search saw {}", q.query);
+            async move { Ok::<_, String>(answer) }
+        })
+    };
+    let fail = Tool::new("fail", "Fails.", |_: Query| async move {
+        Err::<String, _>("out of order")
+    });
+    for (id, tool, observed) in [
+        ("react", search, "search saw "),
+        ("failing", fail, "out of order"),
+    ] {
+        dspex
+            .create_program(id, signature.clone(), Module::react([tool]))
+            .await
+            .unwrap();
+        let prediction = dspex
+            .execute(id, &question, ExecuteOptions::default())
+            .await
+            .unwrap();
+        let steps: Value =
+            serde_json::from_str(prediction.outputs["trajectory"].as_str().unwrap()).unwrap();
+        let observation = steps["observation_0"].as_str().unwrap();
+        assert!(
+            observation.contains(observed),
+            "{layer:?} {id}: {observation}"
+        );
+        assert!(prediction.outputs["reasoning"].is_string(), "{layer:?}");
+        assert!(prediction.outputs["answer"].is_string(), "{layer:?}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "{layer:?}");
+
+    // best_of_n scores each attempt with the Rust reward.
+    let scored = Arc::new(AtomicUsize::new(0));
+    let reward = {
+        let scored = Arc::clone(&scored);
+        Reward::new(move |_, _| {
+            scored.fetch_add(1, Ordering::SeqCst);
+            0.0
+        })
+    };
+    let best = Module::best_of_n(2, reward).threshold(1.0);
+    dspex
+        .create_program("best", signature.clone(), best)
+        .await
+        .unwrap();
+    let prediction = dspex
+        .execute("best", &question, ExecuteOptions::default())
+        .await
+        .unwrap();
+    assert!(prediction.outputs["answer"].is_string(), "{layer:?}");
+    assert_eq!(scored.load(Ordering::SeqCst), 2, "{layer:?}");
+
+    dspex
+        .create_program("mcc", signature.clone(), Module::multi_chain_comparison(2))
+        .await
+        .unwrap();
+    let prediction = dspex
+        .execute("mcc", &question, ExecuteOptions::default())
+        .await
+        .unwrap();
+    assert!(prediction.outputs["rationale"].is_string(), "{layer:?}");
+
+    let error = dspex
+        .create_program("pot", signature.clone(), Module::ProgramOfThought)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Validation { what: "module", .. }),
+        "{layer:?}: {error:?}"
+    );
+
+    // A stream's chunks add up to the prediction's text.
+    dspex
+        .create_program("plain", signature, Module::Predict)
+        .await
+        .unwrap();
+    let mut stream = dspex
+        .execute_stream("plain", &question, ExecuteOptions::default())
+        .unwrap();
+    let mut answer = String::new();
+    let mut last = None;
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            StreamEvent::Chunk(chunk) if chunk.field == "answer" => answer.push_str(&chunk.text),
+            StreamEvent::Chunk(_) => {}
+            StreamEvent::Prediction(prediction) => last = Some(prediction),
+        }
+    }
+    let streamed = last.expect("a prediction");
+    assert_eq!(streamed.outputs["answer"], json!(answer), "{layer:?}");
+    assert!(!streamed.usage.is_empty(), "{layer:?}: no usage");
+
+    // A batch gives what single calls give.
+    let inputs = [json!({"question": "one"}), json!({"question": "two"})];
+    let results = dspex
+        .execute_batch("plain", inputs.clone(), ExecuteOptions::default())
+        .await
+        .unwrap();
+    for (input, result) in inputs.iter().zip(results) {
+        let single = dspex
+            .execute("plain", input, ExecuteOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(result.unwrap().outputs, single.outputs, "{layer:?}");
+    }
+    assert!(dspex.status().usage["plain"].calls >= 5, "{layer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

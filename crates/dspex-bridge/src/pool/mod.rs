@@ -294,7 +294,7 @@ pub struct RequestOptions {
     /// An LM for this request only (`execute` only). A worker registers it
     /// once (by [`LmConfig::id`]); later requests only name it.
     pub lm: Option<LmConfig>,
-    /// The request's callbacks and events (`execute` only).
+    /// The request's callbacks and events.
     pub hooks: Hooks,
 }
 
