@@ -1,0 +1,1 @@
+"""The Python side of the `python_module` example: a service's own DSPy code."""
