@@ -304,7 +304,7 @@ async fn sixteen_concurrent_requests_on_one_worker_each_get_their_own_lm() {
         .await
         .unwrap();
     let lm = |i: usize| {
-        let mut lm = seeded(if i % 2 == 0 { "alpha" } else { "beta" });
+        let mut lm = seeded(if i.is_multiple_of(2) { "alpha" } else { "beta" });
         lm.extra.insert("latency_ms".into(), json!(300));
         lm
     };

@@ -34,7 +34,7 @@ fn retrieve(question: &str, k: usize) -> Vec<String> {
         .iter()
         .map(|passage| (words(passage).intersection(&asked).count(), *passage))
         .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|(score, _)| std::cmp::Reverse(*score));
     scored
         .into_iter()
         .take(k)
