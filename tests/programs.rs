@@ -152,6 +152,31 @@ async fn react_reaches_an_openai_compatible_lm_over_http() {
         usage.prompt_tokens > 0 && usage.completion_tokens > 0,
         "{usage:?}"
     );
+    // Every other module over the same HTTP path.
+    let reward = Reward::new(|_, _| 1.0);
+    let modules: Vec<(&str, Module, &str)> = vec![
+        ("predict", Module::Predict, "answer"),
+        ("cot", Module::ChainOfThought, "reasoning"),
+        (
+            "best",
+            Module::best_of_n(2, reward.clone()).into(),
+            "answer",
+        ),
+        ("refine", Module::refine(2, reward).into(), "answer"),
+        ("mcc", Module::multi_chain_comparison(2).into(), "rationale"),
+    ];
+    for (id, module, field) in modules {
+        dspex.create_program(id, qa(), module).await.unwrap();
+        let prediction = dspex
+            .execute(id, json!({"question": "Why?"}), ExecuteOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(
+            prediction.outputs[field].is_string(),
+            "{id}: {prediction:?}"
+        );
+        assert!(!prediction.usage.is_empty(), "{id}: no usage");
+    }
     service.finish().await;
     drop(server);
 }

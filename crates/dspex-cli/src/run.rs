@@ -84,8 +84,8 @@ impl RunArgs {
         }
         let kind = Kind::from_str(name, true).map_err(|_| {
             anyhow::anyhow!(
-                "unknown --module {name:?}: use predict, cot, react, best_of_n, refine, mcc or \
-                 python:package.module:Class"
+                "unknown --module {name:?}: use predict, cot, react, best_of_n, refine, mcc, \
+                 program_of_thought, codeact or python:package.module:Class"
             )
         })?;
         Ok(match kind {

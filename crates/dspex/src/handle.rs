@@ -49,10 +49,11 @@ pub struct ExecuteOptions {
     /// Overrides the retry policy for this call.
     pub retry: Option<RetryPolicy>,
     /// Return the LM calls' prompts and completions with the prediction
-    /// ([`Prediction::lm_history`]); for debugging, off by default.
+    /// ([`Prediction::lm_history`]; single calls and streams, not batches);
+    /// for debugging, off by default.
     pub lm_history: bool,
-    /// Threads DSPy runs a batch on ([`Dspex::execute_batch`]; default:
-    /// the worker's choice).
+    /// Threads DSPy runs a batch on ([`Dspex::execute_batch`] only;
+    /// default: the worker's choice).
     pub threads: Option<u32>,
 }
 
@@ -437,9 +438,12 @@ impl Dspex {
     /// If dropped before the adapter answered, the program is not known.
     ///
     /// # Errors
-    /// [`Error::Validation`] for a bad id, a module the workers refuse (one
-    /// that needs Deno, a Python module outside the configured project) or
-    /// a signature the worker rejects.
+    /// [`Error::Validation`] for a bad id, bad module arguments, a module
+    /// the workers refuse (one that needs Deno; a Python module with no
+    /// project configured) or a signature the worker rejects;
+    /// [`Error::Python`] (`ModuleImportError`, with the traceback) for a
+    /// Python module that will not import or build, or lies outside the
+    /// project.
     pub async fn create_program(
         &self,
         program_id: &str,
@@ -636,6 +640,9 @@ impl Dspex {
     /// # });
     /// ```
     ///
+    /// Only failures that guarantee the call never ran are retried (so no
+    /// chunk is ever streamed twice), even for a call marked idempotent.
+    ///
     /// # Errors
     /// [`Error::Validation`] at once for bad inputs or an unknown program;
     /// the call's own errors as the stream's last item.
@@ -650,6 +657,12 @@ impl Dspex {
         entry.signature.validate_inputs(&inputs)?;
         let (events, received) = mpsc::unbounded_channel();
         let this = self.clone();
+        // A call that may have run is not run again: its chunks would be
+        // streamed twice.
+        let options = ExecuteOptions {
+            idempotent: false,
+            ..options
+        };
         let call = async move {
             let started = Instant::now();
             let run = Run::One(ExecuteArgs {
@@ -665,7 +678,7 @@ impl Dspex {
     }
 
     /// Runs a program on many inputs in one call: the worker runs them with
-    /// DSPy's own parallelism (`Module.batch`, `options.threads` threads).
+    /// DSPy's own parallelism (`dspy.Parallel`, `options.threads` threads).
     /// Each input gets its own result, in order; one failing does not fail
     /// the others.
     ///

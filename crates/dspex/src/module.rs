@@ -424,7 +424,9 @@ impl PythonModule {
     }
 }
 
-fn is_identifier(word: &str) -> bool {
+/// Whether `word` is an ASCII identifier (a letter or `_`, then letters,
+/// digits and `_`): what a tool, a Python module or attribute may be named.
+pub(crate) fn is_identifier(word: &str) -> bool {
     let mut chars = word.chars();
     chars
         .next()

@@ -48,6 +48,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::module::is_identifier;
 
 /// How long a tool may run unless [`Tool::timeout`] says otherwise.
 pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -205,9 +206,9 @@ impl Tool {
     pub(crate) fn validate(&self) -> Result<()> {
         let bad =
             |message: String| Err(Error::validation("tool", Some(self.name.clone()), message));
-        if !is_identifier(&self.name) {
+        if !is_identifier(&self.name) || self.name.len() > 64 {
             return bad(format!(
-                "tool name {:?} must be letters, digits and '_', not starting with a digit",
+                "tool name {:?} must be 1-64 letters, digits and '_', not starting with a digit",
                 self.name
             ));
         }
@@ -252,15 +253,6 @@ fn describe_args<A: JsonSchema>() -> (Map<String, Value>, Vec<String>, Option<St
         )
     });
     (args, required, problem)
-}
-
-fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 64
 }
 
 pub(crate) fn tool_error(name: &str, message: String) -> CallError {

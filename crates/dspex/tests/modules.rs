@@ -227,3 +227,25 @@ async fn a_history_field_takes_earlier_turns() {
     session.clear_history();
     assert!(session.history("chat").messages.is_empty());
 }
+
+fn explode() -> Result<String, String> {
+    panic!("kaboom in the mock")
+}
+
+#[tokio::test]
+async fn a_panicking_tool_is_a_tool_error_on_the_mock_too() {
+    let dspex = mock().await;
+    let tool = Tool::new("explode", "Panics.", |_: Forecast| async move { explode() });
+    dspex
+        .create_program("agent", qa(), Module::react([tool]))
+        .await
+        .unwrap();
+    let prediction = dspex
+        .execute("agent", json!({"question": "q"}), ExecuteOptions::default())
+        .await
+        .unwrap();
+    let steps: serde_json::Value =
+        serde_json::from_str(prediction.outputs["trajectory"].as_str().unwrap()).unwrap();
+    let observation = steps["observation_0"].as_str().unwrap();
+    assert!(observation.contains("kaboom in the mock"), "{observation}");
+}

@@ -9,7 +9,7 @@
 //! | `react` | calls every tool once, in order, with arguments built from its schema; a `trajectory` (JSON text) of the calls and their observations, and `reasoning`; the outputs hash the observations too |
 //! | `best_of_n`, `refine` | up to `n` attempts, each scored by the `reward` callback; the first reaching `threshold`, else the best |
 //! | `multi_chain_comparison` | a `rationale` string, then the outputs |
-//! | `program_of_thought`, `code_act` | refused: they need Deno |
+//! | `program_of_thought`, `codeact` | refused: they need Deno |
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 

@@ -499,18 +499,18 @@ impl WorkerActorState {
                 frame.call
             ))));
         }
+        // A caller that dropped a plain `call` has closed its reply.
+        let waited_for = |p: &Pending| p.reply.as_ref().is_some_and(|r| !r.is_closed());
         let handler = match self.pending.get(&frame.id) {
-            Some(pending) if pending.reply.is_some() => {
-                pending.callbacks.clone().ok_or_else(|| {
-                    tool_error(
-                        &frame.name,
-                        format!(
-                            "no handler for `{}`: the request was sent without callbacks",
-                            frame.name
-                        ),
-                    )
-                })
-            }
+            Some(pending) if waited_for(pending) => pending.callbacks.clone().ok_or_else(|| {
+                tool_error(
+                    &frame.name,
+                    format!(
+                        "no handler for `{}`: the request was sent without callbacks",
+                        frame.name
+                    ),
+                )
+            }),
             Some(_) => Err(CallError::new(
                 ErrorKind::Cancelled,
                 "the request's caller has gone",
@@ -532,14 +532,7 @@ impl WorkerActorState {
         } = frame;
         let me = myself.clone();
         let task = tokio::spawn(async move {
-            let started = std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(&name, args)));
-            let outcome = match started {
-                Ok(future) => AssertUnwindSafe(future)
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| Err(panicked(&name, &*panic))),
-                Err(panic) => Err(panicked(&name, &*panic)),
-            };
+            let outcome = run_callback(&*handler, &name, args).await;
             let _ = me.send_message(WorkerMsg(Inner::Answered(call, outcome)));
         });
         self.calls.insert(call, Running { request: id, task });
@@ -945,6 +938,24 @@ fn tool_error(name: &str, message: String) -> CallError {
         kind: ErrorKind::ToolError,
         message,
         details: Some(serde_json::json!({ "tool": name })),
+    }
+}
+
+/// Runs a callback's handler: its answer, or a `ToolError` with the text of
+/// its panic if it panics (starting, or while it runs). The one way a
+/// callback runs, here and in the mock adapter.
+pub async fn run_callback(
+    handler: &dyn Callbacks,
+    name: &str,
+    args: Value,
+) -> Result<Value, CallError> {
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(name, args)));
+    match started {
+        Ok(future) => AssertUnwindSafe(future)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panicked(name, &*panic))),
+        Err(panic) => Err(panicked(name, &*panic)),
     }
 }
 

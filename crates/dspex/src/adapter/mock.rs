@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use dspex_bridge::fake::{fake_check, fake_execute};
 use dspex_bridge::pool::{ProgramVersion, Run};
+use dspex_bridge::worker::run_callback;
 use dspex_bridge::{RequestEvent, WorkerError};
 use dspex_protocol::{CallError, ErrorKind, Value};
 use futures::FutureExt;
@@ -139,8 +140,12 @@ async fn run(model: String, execution: Execution) -> Result<Value> {
         ..
     } = execution;
     let callbacks = hooks.callbacks;
+    // As the worker actor runs them: a panic is the tool's error.
     let host = move |name: &str, args: Value| match &callbacks {
-        Some(callbacks) => callbacks.call(name, args),
+        Some(callbacks) => {
+            let (callbacks, name) = (Arc::clone(callbacks), name.to_owned());
+            async move { run_callback(&*callbacks, &name, args).await }.boxed()
+        }
         None => {
             let error = CallError::new(ErrorKind::ToolError, format!("no handler for `{name}`"));
             async move { Err(error) }.boxed()
