@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! sha256(canonical_json({"signature": <as sent>, "module": <as sent>, "demos": <as sent, [] if absent>,
-//!                        "module_args": <as sent, only when present and not empty>}))
+//!                        "module_args": <as sent, only when present and not empty>,
+//!                        "state": <as sent, only when present and not null>}))
 //! ```
 //!
 //! as lowercase hex, where `canonical_json` is Python's
@@ -39,6 +40,9 @@ pub fn program_hash(definition: &ProgramDefinition) -> String {
     });
     if !definition.module_args.is_empty() {
         hashed["module_args"] = Value::Object(definition.module_args.clone());
+    }
+    if let Some(state) = definition.state.as_ref().filter(|s| !s.is_null()) {
+        hashed["state"] = state.clone();
     }
     Sha256::digest(canonical_json(&hashed).as_bytes())
         .iter()

@@ -98,6 +98,9 @@ pub enum ErrorKind {
     /// The user's own Python module could not be imported or constructed
     /// (`details.path`, `details.stage`; the traceback is set).
     ModuleImportError,
+    /// An optimization job used up its budget of metric or LM calls
+    /// (`details.budget`, `details.limit`, `details.used`).
+    BudgetExceeded,
     /// A word this version of the protocol does not know.
     Other(String),
 }
@@ -118,6 +121,7 @@ impl ErrorKind {
             Self::Cancelled => "Cancelled",
             Self::ToolError => "ToolError",
             Self::ModuleImportError => "ModuleImportError",
+            Self::BudgetExceeded => "BudgetExceeded",
             Self::Other(word) => word,
         }
     }
@@ -137,6 +141,7 @@ impl ErrorKind {
             "Cancelled" => Self::Cancelled,
             "ToolError" => Self::ToolError,
             "ModuleImportError" => Self::ModuleImportError,
+            "BudgetExceeded" => Self::BudgetExceeded,
             other => Self::Other(other.to_owned()),
         }
     }

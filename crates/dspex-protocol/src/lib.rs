@@ -43,8 +43,9 @@ pub use codec::{MessageCodec, decode_body, encode_body};
 pub use error::{ErrorKind, ProtocolError, RemoteError};
 pub use frames::{CallAnswer, CallError, CallFrame, CallId, EventFrame, HostFrame, WorkerFrame};
 pub use message::{
-    BatchArgs, Command, ExecuteArgs, FieldSpec, LmConfig, MAX_COMMAND_NAME, ProgramDefinition,
-    Ready, Request, RequestId, Response, SignatureSpec,
+    BatchArgs, Budget, Command, EvaluateArgs, Example, ExecuteArgs, FieldSpec, LmConfig,
+    MAX_COMMAND_NAME, MetricSpec, OptimizeArgs, ProgramDefinition, ProgramStateArgs, Ready,
+    Request, RequestId, Response, SignatureSpec,
 };
 pub use secret::{REDACTED, Secret, is_secret_key};
 pub use serde_json::{Map, Value};

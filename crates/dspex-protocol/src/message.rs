@@ -234,6 +234,12 @@ pub enum Command {
     ExecuteProgram(ExecuteArgs),
     /// Runs a program on many inputs at once, with DSPy's own parallelism.
     ExecuteBatch(BatchArgs),
+    /// Scores a program on a devset with a metric.
+    Evaluate(EvaluateArgs),
+    /// Compiles a program with one of DSPy's optimizers.
+    Optimize(OptimizeArgs),
+    /// A program's state as DSPy dumps it.
+    GetProgramState(ProgramStateArgs),
     /// Lists cached programs.
     ListPrograms,
     /// Describes one program.
@@ -283,6 +289,9 @@ impl Command {
             Self::CreateProgram(_) => "create_program",
             Self::ExecuteProgram(_) => "execute_program",
             Self::ExecuteBatch(_) => "execute_batch",
+            Self::Evaluate(_) => "evaluate",
+            Self::Optimize(_) => "optimize",
+            Self::GetProgramState(_) => "get_program_state",
             Self::ListPrograms => "list_programs",
             Self::GetProgramInfo { .. } => "get_program_info",
             Self::DeleteProgram { .. } => "delete_program",
@@ -322,7 +331,8 @@ impl Command {
         Ok(())
     }
 
-    fn into_parts(self) -> (String, Value) {
+    /// The command's name and its arguments, as the request carries them.
+    pub fn into_parts(self) -> (String, Value) {
         let name = self.name().to_owned();
         let args = match self {
             Self::ConfigureLm(config) => to_map(&config),
@@ -336,6 +346,9 @@ impl Command {
             Self::CreateProgram(program) => to_map(&program),
             Self::ExecuteProgram(args) => to_map(&args),
             Self::ExecuteBatch(args) => to_map(&args),
+            Self::Evaluate(args) => to_map(&args),
+            Self::Optimize(args) => to_map(&args),
+            Self::GetProgramState(args) => to_map(&args),
             Self::GetProgramInfo { program_id } | Self::DeleteProgram { program_id } => {
                 serde_json::json!({ "program_id": program_id })
             }
@@ -495,6 +508,11 @@ pub struct ProgramDefinition {
     /// reward function's name, a Python module's path, ...).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub module_args: Map<String, Value>,
+    /// The compiled state: DSPy's `dump_state()` of the module (its
+    /// predictors' demos, instructions and signatures), loaded after the
+    /// module is built. It carries the demos when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
 }
 
 impl ProgramDefinition {
@@ -546,4 +564,121 @@ pub struct BatchArgs {
     /// Threads DSPy runs the batch on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_threads: Option<u32>,
+}
+
+/// One example of a dataset: the inputs a program is given and the labels
+/// (expected output values) a metric compares with.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Example {
+    /// Input field values.
+    pub inputs: Map<String, Value>,
+    /// Expected output field values.
+    #[serde(default)]
+    pub labels: Map<String, Value>,
+}
+
+/// How examples are scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MetricSpec {
+    /// A metric on the host, reached by the callback `callback` with
+    /// batches of up to `batch` items.
+    Callback {
+        /// The callback's name.
+        callback: String,
+        /// The most items in one callback.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<u32>,
+        /// The metric answers textual feedback too (GEPA uses it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        feedback: bool,
+    },
+    /// One of DSPy's metrics, run in the worker: `exact_match` and `f1`
+    /// (on `field`), `answer_exact_match`, `answer_passage_match`.
+    Builtin {
+        /// Its name.
+        builtin: String,
+        /// The output field it compares.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+    },
+}
+
+/// The arguments of `evaluate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateArgs {
+    /// The program to score.
+    pub program_id: String,
+    /// The full definition, for a worker that may not have it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramDefinition>,
+    /// An LM the worker registered under this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm_id: Option<String>,
+    /// The examples.
+    pub devset: Vec<Example>,
+    /// The metric.
+    pub metric: MetricSpec,
+    /// Threads DSPy evaluates on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_threads: Option<u32>,
+}
+
+/// The budget of an optimization job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Budget {
+    /// The most metric calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_metric_calls: Option<u64>,
+    /// The most LM calls (the reflection LM's included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lm_calls: Option<u64>,
+}
+
+/// The arguments of `optimize`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizeArgs {
+    /// The program to compile.
+    pub program_id: String,
+    /// Its full definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramDefinition>,
+    /// An LM the worker registered under this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm_id: Option<String>,
+    /// `bootstrap_few_shot`, `bootstrap_few_shot_with_random_search`,
+    /// `mipro_v2`, `gepa`, `copro` or `simba`.
+    pub optimizer: String,
+    /// The optimizer's own options.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub options: Map<String, Value>,
+    /// The training examples.
+    pub trainset: Vec<Example>,
+    /// The validation examples, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valset: Option<Vec<Example>>,
+    /// The metric.
+    pub metric: MetricSpec,
+    /// Threads the optimizer evaluates on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_threads: Option<u32>,
+    /// Limits of metric and LM calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// The LM GEPA reflects with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reflection_lm: Option<LmConfig>,
+    /// A seed for the optimizer's sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// The arguments of `get_program_state`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProgramStateArgs {
+    /// The program.
+    pub program_id: String,
+    /// Its full definition, for a worker that may not have it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramDefinition>,
 }

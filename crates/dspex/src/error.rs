@@ -45,6 +45,10 @@ pub enum Category {
     Session,
     /// Nothing can serve the call (failed, disabled, shutting down, circuit open).
     Unavailable,
+    /// The caller cancelled the call (a job's [`crate::Canceller`]).
+    Cancelled,
+    /// An optimization job used up its budget.
+    Budget,
 }
 
 /// Which deadline passed.
@@ -149,6 +153,16 @@ pub enum Error {
         /// Whether an LM is configured at all.
         configured: bool,
     },
+    /// The caller cancelled the call; nothing it would have stored was.
+    #[error("cancelled")]
+    Cancelled,
+    /// An optimization job used up its budget of metric or LM calls;
+    /// nothing was stored.
+    #[error("over budget: {message}")]
+    BudgetExceeded {
+        /// Which budget, its limit and what was used.
+        message: String,
+    },
     /// A stateful session lost its worker.
     #[error("session {session_id} was lost with its worker; start a new session")]
     SessionLost {
@@ -210,6 +224,8 @@ impl Error {
             Self::Lm { .. } => Category::Lm,
             Self::SessionLost { .. } => Category::Session,
             Self::Unavailable { .. } => Category::Unavailable,
+            Self::Cancelled => Category::Cancelled,
+            Self::BudgetExceeded { .. } => Category::Budget,
         }
     }
 
@@ -228,6 +244,8 @@ impl Error {
             | Self::Validation { .. }
             | Self::Python { .. }
             | Self::Tool { .. }
+            | Self::Cancelled
+            | Self::BudgetExceeded { .. }
             | Self::SessionLost { .. } => false,
         }
     }
@@ -372,6 +390,10 @@ impl From<WorkerError> for Error {
                         message: remote.message,
                     }
                 }
+                ErrorKind::Cancelled => Self::Cancelled,
+                ErrorKind::BudgetExceeded => Self::BudgetExceeded {
+                    message: remote.message,
+                },
                 ErrorKind::ToolError => Self::Tool {
                     tool: remote
                         .details

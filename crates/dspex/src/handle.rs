@@ -450,7 +450,7 @@ impl Dspex {
         signature: Signature,
         module: impl Into<Module>,
     ) -> Result<ProgramInfo> {
-        self.define(program_id, signature, module.into(), Vec::new())
+        self.define(program_id, signature, module.into(), Vec::new(), None)
             .await
     }
 
@@ -472,22 +472,25 @@ impl Dspex {
         demos: Vec<Map<String, Value>>,
     ) -> Result<ProgramInfo> {
         let entry = self.entry(program_id)?;
+        // Demos set by hand replace the compiled state (which carries demos).
         self.define(
             program_id,
             entry.signature.clone(),
             entry.module.clone(),
             demos,
+            None,
         )
         .await
     }
 
     /// The one way a program comes to be.
-    async fn define(
+    pub(crate) async fn define(
         &self,
         program_id: &str,
         signature: Signature,
         module: Module,
         demos: Vec<Map<String, Value>>,
+        state: Option<Value>,
     ) -> Result<ProgramInfo> {
         validate_program_id(program_id)?;
         let (module_args, handlers) = module.build()?;
@@ -498,6 +501,7 @@ impl Dspex {
             module: module.name().to_owned(),
             demos: demos.into_iter().map(Value::Object).collect(),
             module_args,
+            state,
         });
         let _admitted = self.inner.gate.admit()?;
         self.inner
@@ -612,7 +616,7 @@ impl Dspex {
             lm_history: options.lm_history,
             ..ExecuteArgs::default()
         });
-        let executed = self.send(&entry, run, options, None).await?;
+        let executed = self.send(&entry, run, options, None, None).await?;
         self.prediction(&entry, executed.reply, executed.attempts, started)
     }
 
@@ -671,7 +675,7 @@ impl Dspex {
                 lm_history: options.lm_history,
                 ..ExecuteArgs::default()
             });
-            let executed = this.send(&entry, run, options, Some(events)).await?;
+            let executed = this.send(&entry, run, options, None, Some(events)).await?;
             this.prediction(&entry, executed.reply, executed.attempts, started)
         };
         Ok(PredictionStream::new(received, call.boxed()))
@@ -714,7 +718,7 @@ impl Dspex {
             num_threads: options.threads,
             ..BatchArgs::default()
         });
-        let executed = self.send(&entry, run, options, None).await?;
+        let executed = self.send(&entry, run, options, None, None).await?;
         let mut reply = executed.reply;
         let model = reply.get("model").cloned();
         let Some(Value::Array(results)) = reply.get_mut("results").map(Value::take) else {
@@ -741,16 +745,20 @@ impl Dspex {
             .collect())
     }
 
-    /// Sends a run of a program through the resilience layers.
-    async fn send(
+    /// Sends a run of a program through the resilience layers; `callbacks`
+    /// (a metric's) instead of the program's own when given.
+    pub(crate) async fn send(
         &self,
         entry: &ProgramEntry,
         run: Run,
         options: ExecuteOptions,
+        callbacks: Option<Arc<dyn dspex_bridge::Callbacks>>,
         events: Option<mpsc::UnboundedSender<RequestEvent>>,
     ) -> Result<crate::adapter::Executed> {
-        let callbacks = (!entry.handlers.is_empty())
-            .then(|| Arc::clone(&entry.handlers) as Arc<dyn dspex_bridge::Callbacks>);
+        let callbacks = callbacks.or_else(|| {
+            (!entry.handlers.is_empty())
+                .then(|| Arc::clone(&entry.handlers) as Arc<dyn dspex_bridge::Callbacks>)
+        });
         let request = ExecuteRequest {
             execution: Execution {
                 program: entry.version.clone(),
@@ -770,7 +778,7 @@ impl Dspex {
     }
 
     /// A reply as a checked [`Prediction`], its usage counted.
-    fn prediction(
+    pub(crate) fn prediction(
         &self,
         entry: &ProgramEntry,
         reply: Value,

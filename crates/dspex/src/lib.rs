@@ -38,10 +38,13 @@
 //! [`signature`].
 
 pub mod adapter;
+mod compile;
 pub mod config;
+mod dataset;
 mod error;
 mod event;
 mod handle;
+mod metric;
 mod module;
 mod program;
 pub mod resilience;
@@ -50,17 +53,24 @@ pub mod signature;
 mod stream;
 pub mod tool;
 
+pub use compile::{
+    Auto, DEFAULT_JOB_TIMEOUT, EvaluateOptions, Evaluation, OptimizeOptions, Optimized, Optimizer,
+    Outcome, SavedProgram,
+};
 pub use config::{AdapterKind, Config, ModeSetting};
+pub use dataset::{Dataset, Example};
 pub use dspex_bridge as bridge;
 pub use dspex_protocol as protocol;
+pub use dspex_protocol::Budget;
 pub use dspex_protocol::{LmConfig, Secret};
 pub use error::{Category, Deadline, Error, Result};
 pub use event::Event;
 pub use handle::{Dspex, DspexBuilder, ExecuteOptions, Status};
+pub use metric::{Metric, Score};
 pub use module::{Base, BestOfN, Module, MultiChainComparison, PythonModule, React, Refine};
 pub use program::{Prediction, Program, ProgramInfo, ProgramUsage, TokenUsage, Usage};
 pub use schemars;
 pub use session::{History, Session};
 pub use signature::{Field, FieldKind, FieldType, FieldValue, Signature, TypedSignature};
-pub use stream::{Chunk, PredictionStream, StreamEvent};
+pub use stream::{Canceller, Chunk, Job, JobEvent, PredictionStream, Progress, StreamEvent};
 pub use tool::{Reward, Tool};

@@ -28,6 +28,8 @@ pub struct ProgramInfo {
     pub tools: Vec<String>,
     /// The hash of its exact definition (as the workers know it).
     pub hash: String,
+    /// Whether it carries compiled state (from an optimizer or a file).
+    pub compiled: bool,
 }
 
 impl ProgramInfo {
@@ -45,6 +47,7 @@ impl ProgramInfo {
             demos: entry.version.definition.demos.len(),
             tools,
             hash: entry.version.hash.clone(),
+            compiled: entry.version.definition.state.is_some(),
         }
     }
 }
@@ -184,6 +187,19 @@ impl Prediction {
             attempts: 1,
             latency: Duration::ZERO,
         })
+    }
+
+    /// A prediction of `outputs` alone (what a metric is shown).
+    pub(crate) fn of_outputs(program_id: &str, outputs: Map<String, Value>) -> Self {
+        Self {
+            program_id: program_id.to_owned(),
+            outputs,
+            model: None,
+            usage: Usage::default(),
+            lm_history: None,
+            attempts: 1,
+            latency: Duration::ZERO,
+        }
     }
 
     /// One output, deserialized.

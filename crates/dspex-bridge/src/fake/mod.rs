@@ -24,6 +24,7 @@
 //! `DeadlineExceeded` at its deadline if it is not done by then.
 
 mod run;
+mod work;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -42,9 +43,8 @@ use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-pub use run::{
-    CallHost, fake_check, fake_chunks, fake_execute, fake_outputs, fake_run, fake_usage,
-};
+pub use run::{CallHost, fake_check, fake_chunks, fake_outputs, fake_run, fake_usage};
+pub use work::{FakeLm, fake_execute};
 
 use crate::process::{
     Exit, ProcessControl, Signaller, SpawnError, SpawnStrategy, Spawned, WorkerCommand,
@@ -172,10 +172,10 @@ impl ProcessControl for FakeControl {
 
 #[derive(Debug, Default)]
 struct FakeState {
-    lm: Option<String>,
+    lm: Option<FakeLm>,
     /// The default LM's simulated latency (`latency_ms`).
     lm_latency: Duration,
-    named_lms: HashMap<String, String>,
+    named_lms: HashMap<String, FakeLm>,
     programs: HashMap<String, ProgramDefinition>,
     requests: u64,
     /// Requests being served: a handle to end each (`None` until spawned).
@@ -367,12 +367,12 @@ impl Fake {
             }
             "configure_lm" => self.configure_lm(&args),
             "create_program" => self.create_program(Value::Object(args)),
-            "execute_program" | "execute_batch" => {
+            command @ ("execute_program" | "execute_batch" | "evaluate" | "optimize"
+            | "get_program_state") => {
                 let latency = self.with_state(|s| s.lm_latency);
                 tokio::time::sleep(latency).await;
                 let host = self.host(id, frames);
-                let batch = request.command == "execute_batch";
-                self.execute(args, batch, &*host, events.map(|f| (id, f)))
+                self.execute(command, args, &*host, events.map(|f| (id, f)))
                     .await
             }
             "list_programs" => Ok(self.with_state(|s| {
@@ -387,7 +387,7 @@ impl Fake {
             }
             "get_stats" => Ok(self.with_state(|s| {
                 json!({"worker_id": self.worker_id, "pid": self.pid, "requests": s.requests,
-                       "programs": s.programs.len(), "lm": s.lm,
+                       "programs": s.programs.len(), "lm": s.lm.as_ref().map(|lm| &lm.model),
                        "callbacks": {"pending": s.calls.len()}})
             })),
             "reset_state" => Ok(self.with_state(|s| {
@@ -449,11 +449,12 @@ impl Fake {
     }
 
     fn configure_lm(&self, args: &Map<String, Value>) -> Result<Value, RemoteError> {
-        let Some(model) = args.get("model").and_then(Value::as_str) else {
+        let Some(lm) = FakeLm::from_config(args) else {
             return Err(invalid("configure_lm needs a string `model`", "model"));
         };
+        let model = lm.model.clone();
         if let Some(lm_id) = args.get("lm_id").and_then(Value::as_str) {
-            self.with_state(|s| s.named_lms.insert(lm_id.to_owned(), model.to_owned()));
+            self.with_state(|s| s.named_lms.insert(lm_id.to_owned(), lm));
             return Ok(json!({"status": "configured", "model": model, "lm_id": lm_id}));
         }
         let latency = args
@@ -461,7 +462,7 @@ impl Fake {
             .and_then(Value::as_u64)
             .map_or(Duration::ZERO, Duration::from_millis);
         self.with_state(|s| {
-            s.lm = Some(model.to_owned());
+            s.lm = Some(lm);
             s.lm_latency = latency;
         });
         Ok(json!({"status": "configured", "model": model}))
@@ -480,11 +481,11 @@ impl Fake {
         Ok(reply)
     }
 
-    /// `execute_program`, or `execute_batch` with `batch`.
+    /// A command on a program (see [`fake_execute`]).
     async fn execute(
         &self,
+        command: &str,
         mut args: Map<String, Value>,
-        batch: bool,
         host: CallHost<'_>,
         events: Option<(RequestId, &mpsc::UnboundedSender<WorkerFrame>)>,
     ) -> Result<Value, RemoteError> {
@@ -514,15 +515,14 @@ impl Fake {
         }
         let override_lm = args
             .get("lm")
-            .and_then(|lm| lm.get("model"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+            .and_then(Value::as_object)
+            .and_then(FakeLm::from_config)
             .or_else(|| {
                 let id = args.get("lm_id").and_then(Value::as_str)?;
                 self.with_state(|s| s.named_lms.get(id).cloned())
             });
         let lm = override_lm.or_else(|| self.with_state(|s| s.lm.clone()));
-        let Some(model) = lm else {
+        let Some(lm) = lm else {
             return Err(RemoteError::new(
                 ErrorKind::LmNotConfigured,
                 "no LM configured",
@@ -537,7 +537,7 @@ impl Fake {
                 }));
             }
         };
-        fake_execute(&program, &args, batch, &model, host, &send).await
+        fake_execute(&program, command, &args, &lm, host, &send).await
     }
 }
 

@@ -181,90 +181,6 @@ pub async fn fake_run(
     }
 }
 
-/// `execute_program` (or, with `batch`, `execute_batch`) of `program`
-/// with the command's `args`, on the LM `model`: the reply the worker
-/// sends, its events sent through `event`.
-///
-/// # Errors
-/// As the worker's (a batch reports each item's error in its result).
-pub async fn fake_execute(
-    program: &ProgramDefinition,
-    args: &Map<String, Value>,
-    batch: bool,
-    model: &str,
-    host: CallHost<'_>,
-    event: &(dyn Fn(&str, Value) + Send + Sync),
-) -> Result<Value, RemoteError> {
-    if batch {
-        let all = args
-            .get("inputs")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let mut results = Vec::with_capacity(all.len());
-        let (mut prompt, mut completion) = (0, 0);
-        for (done, inputs) in all.iter().enumerate() {
-            let inputs = inputs.as_object().cloned().unwrap_or_default();
-            let result = match run_one(program, &inputs, host).await {
-                Ok(outputs) => {
-                    let usage = fake_usage(model, &inputs, &outputs);
-                    let count = |key: &str| usage[model][key].as_u64().unwrap_or(0);
-                    prompt += count("prompt_tokens");
-                    completion += count("completion_tokens");
-                    json!({"outputs": outputs, "usage": usage})
-                }
-                Err(error) => json!({"error": error}),
-            };
-            results.push(result);
-            event("progress", json!({"done": done + 1, "total": all.len()}));
-        }
-        let usage = json!({model: {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }});
-        return Ok(json!({
-            "program_id": program.program_id, "results": results, "usage": usage,
-            "duration_ms": 0.0, "model": model,
-        }));
-    }
-    let inputs = args
-        .get("inputs")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    let outputs = run_one(program, &inputs, host).await?;
-    if args.get("stream").and_then(Value::as_bool) == Some(true) {
-        for (field, text) in fake_chunks(&outputs) {
-            event("chunk", json!({"field": field, "text": text}));
-        }
-    }
-    let usage = fake_usage(model, &inputs, &outputs);
-    Ok(json!({
-        "program_id": program.program_id, "outputs": outputs, "duration_ms": 0.0,
-        "model": model, "usage": usage,
-    }))
-}
-
-/// One run: the inputs checked as the worker checks them, then the module.
-async fn run_one(
-    program: &ProgramDefinition,
-    inputs: &Map<String, Value>,
-    host: CallHost<'_>,
-) -> Result<Map<String, Value>, RemoteError> {
-    for field in &program.signature.inputs {
-        if !field.optional && !inputs.contains_key(&field.name) {
-            let mut error = RemoteError::new(
-                ErrorKind::InvalidArguments,
-                format!("missing input `{}`", field.name),
-            );
-            error.details = Some(json!({"field": field.name}));
-            return Err(error);
-        }
-    }
-    fake_run(program, inputs, host).await
-}
-
 /// Deterministic outputs of `program` for `inputs`: a value of each output's
 /// declared type derived from a hash of the inputs, and a `reasoning` string
 /// first for chain-of-thought modules — the shape the real worker's offline
@@ -327,13 +243,13 @@ pub fn fake_usage(model: &str, inputs: &Map<String, Value>, outputs: &Map<String
     }})
 }
 
-fn seed_of(value: &Value) -> u64 {
+pub(super) fn seed_of(value: &Value) -> u64 {
     let mut hasher = DefaultHasher::new();
     value.to_string().hash(&mut hasher);
     hasher.finish()
 }
 
-fn typed_outputs(program: &ProgramDefinition, seed: u64) -> Map<String, Value> {
+pub(super) fn typed_outputs(program: &ProgramDefinition, seed: u64) -> Map<String, Value> {
     program
         .signature
         .outputs

@@ -51,7 +51,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dspex_protocol::{BatchArgs, Command, ExecuteArgs, LmConfig, Map, ProgramDefinition, Value};
+use dspex_protocol::{
+    BatchArgs, Command, EvaluateArgs, ExecuteArgs, LmConfig, Map, OptimizeArgs, ProgramDefinition,
+    ProgramStateArgs, Value,
+};
 use dspex_supervision::{
     Backoff, ChildSpec, OnGiveUp, RestartIntensity, StartError, Strategy, Supervisor,
     SupervisorHandle, SupervisorOptions,
@@ -298,15 +301,22 @@ pub struct RequestOptions {
     pub hooks: Hooks,
 }
 
-/// What [`Pool::execute`] runs: one call of a program, or a batch. The
-/// pool fills in the program (`program_id`, and the definition when the
-/// worker lacks it) and the LM override's id.
+/// What [`Pool::execute`] runs with a program: one call, a batch, an
+/// evaluation, an optimization, or the dump of its state. The pool fills in
+/// the program (`program_id`, and the definition when the worker lacks it)
+/// and the LM override's id.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Run {
     /// `execute_program`: one map of inputs.
     One(ExecuteArgs),
     /// `execute_batch`: many, run with DSPy's own parallelism.
     Batch(BatchArgs),
+    /// `evaluate`: a devset scored with a metric.
+    Evaluate(EvaluateArgs),
+    /// `optimize`: the program compiled by one of DSPy's optimizers.
+    Optimize(OptimizeArgs),
+    /// `get_program_state`: the program's state as DSPy dumps it.
+    State(ProgramStateArgs),
 }
 
 impl Run {
@@ -319,7 +329,7 @@ impl Run {
     }
 
     /// The command for `program`, with its definition or without.
-    pub(crate) fn command(
+    pub fn command(
         &self,
         program: &ProgramVersion,
         with_definition: bool,
@@ -341,6 +351,22 @@ impl Run {
                 program: definition,
                 lm_id,
                 ..args.clone()
+            }),
+            Self::Evaluate(args) => Command::Evaluate(EvaluateArgs {
+                program_id,
+                program: definition,
+                lm_id,
+                ..args.clone()
+            }),
+            Self::Optimize(args) => Command::Optimize(OptimizeArgs {
+                program_id,
+                program: definition,
+                lm_id,
+                ..args.clone()
+            }),
+            Self::State(_) => Command::GetProgramState(ProgramStateArgs {
+                program_id,
+                program: definition,
             }),
         }
     }

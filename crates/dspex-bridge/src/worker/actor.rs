@@ -959,13 +959,18 @@ pub async fn run_callback(
     }
 }
 
-/// A handler's panic, as the answer the worker gets.
-fn panicked(name: &str, panic: &(dyn std::any::Any + Send)) -> CallError {
-    let text = panic
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned());
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// A handler's panic, as the answer the worker gets.
+fn panicked(name: &str, panic: &(dyn std::any::Any + Send)) -> CallError {
+    let text = panic_message(panic);
     tracing::warn!(handler = name, panic = %text, "a callback handler panicked");
     tool_error(name, format!("`{name}` panicked: {text}"))
 }

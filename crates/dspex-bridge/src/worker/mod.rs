@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use dspex_protocol::{DEFAULT_MAX_FRAME, Ready};
 
-pub use actor::{Worker, WorkerArgs, WorkerMsg, run_callback};
+pub use actor::{Worker, WorkerArgs, WorkerMsg, panic_message, run_callback};
 pub use handle::{
     Abandon, CallOptions, Callbacks, Hooks, OnHang, Reply, RequestEvent, Settled, Tracked,
     WorkerHandle,

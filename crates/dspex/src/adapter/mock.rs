@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use dspex_bridge::fake::{fake_check, fake_execute};
-use dspex_bridge::pool::{ProgramVersion, Run};
+use dspex_bridge::fake::{FakeLm, fake_check, fake_execute};
+use dspex_bridge::pool::ProgramVersion;
 use dspex_bridge::worker::run_callback;
 use dspex_bridge::{RequestEvent, WorkerError};
 use dspex_protocol::{CallError, ErrorKind, Value};
@@ -34,7 +34,7 @@ pub struct MockAdapter {
 
 #[derive(Default)]
 struct MockState {
-    lm: Option<String>,
+    lm: Option<FakeLm>,
     programs: HashMap<String, ProgramVersion>,
     injector: Option<Injector>,
 }
@@ -94,7 +94,7 @@ impl MockAdapter {
                         "no model given",
                     ));
                 }
-                state.lm = Some(config.model.clone());
+                state.lm = fake_lm(&config);
                 Ok(Served::Done(
                     json!({"status": "configured", "model": config.model}),
                 ))
@@ -113,7 +113,7 @@ impl MockAdapter {
                 let model = execution
                     .lm
                     .as_ref()
-                    .map(|lm| lm.model.clone())
+                    .and_then(fake_lm)
                     .or_else(|| state.lm.clone())
                     .ok_or_else(|| Error::Lm {
                         message: "no LM configured; call configure_lm first".into(),
@@ -128,11 +128,18 @@ impl MockAdapter {
 /// What serving an operation comes to: done at once, or a run to make.
 enum Served {
     Done(Value),
-    Run(String, Box<Execution>),
+    Run(FakeLm, Box<Execution>),
+}
+
+fn fake_lm(config: &dspex_protocol::LmConfig) -> Option<FakeLm> {
+    match serde_json::to_value(config) {
+        Ok(Value::Object(map)) => FakeLm::from_config(&map),
+        _ => None,
+    }
 }
 
 /// Runs a program the fake way, calling its Rust handlers directly.
-async fn run(model: String, execution: Execution) -> Result<Value> {
+async fn run(lm: FakeLm, execution: Execution) -> Result<Value> {
     let Execution {
         program,
         run,
@@ -160,18 +167,15 @@ async fn run(model: String, execution: Execution) -> Result<Value> {
             });
         }
     };
-    let (args, batch) = match &run {
-        Run::One(args) => (serde_json::to_value(args), false),
-        Run::Batch(args) => (serde_json::to_value(args), true),
-    };
-    let Ok(Value::Object(args)) = args else {
+    let (name, args) = run.command(&program, false, None).into_parts();
+    let Value::Object(args) = args else {
         return Err(Error::validation(
             "request",
             None,
             "arguments that are not a map",
         ));
     };
-    fake_execute(&program.definition, &args, batch, &model, &host, &event)
+    fake_execute(&program.definition, &name, &args, &lm, &host, &event)
         .await
         .map_err(|error| Error::from(WorkerError::Remote(error)))
 }

@@ -267,6 +267,17 @@ pub enum ValidationError {
         /// The declared inputs, in order.
         known: Vec<String>,
     },
+    /// A label (an expected output) the signature does not declare.
+    #[error(
+        "unknown output `{field}`; the signature's outputs are {}",
+        list_names(known)
+    )]
+    UnknownOutput {
+        /// The name given.
+        field: String,
+        /// The declared outputs, in order.
+        known: Vec<String>,
+    },
     /// A value of the wrong type.
     #[error("{role} `{field}`: expected {expected}, found {found}")]
     WrongType {
@@ -315,6 +326,7 @@ impl ValidationError {
         let path = match self {
             Self::Missing { field, .. }
             | Self::UnknownInput { field, .. }
+            | Self::UnknownOutput { field, .. }
             | Self::WrongType { field, .. }
             | Self::OutOfRange { field, .. } => field.as_str(),
             Self::Encode { .. } | Self::Decode { .. } => return None,

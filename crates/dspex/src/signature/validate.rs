@@ -62,6 +62,26 @@ impl Signature {
             .try_for_each(|field| check_field(FieldRole::Output, field, outputs.get(field.name())))
     }
 
+    /// Checks the labels of an example (the expected outputs a metric
+    /// compares with): every name an output of the signature, every value
+    /// of its field's type and kind. Labels may leave outputs out.
+    ///
+    /// # Errors
+    ///
+    /// The first problem, as a [`ValidationError`] naming the field.
+    pub fn validate_labels(&self, labels: &Map<String, Value>) -> Result<(), ValidationError> {
+        for (name, value) in labels {
+            let Some(field) = self.output(name) else {
+                return Err(ValidationError::UnknownOutput {
+                    field: name.clone(),
+                    known: self.outputs().iter().map(|f| f.name().to_owned()).collect(),
+                });
+            };
+            check_field(FieldRole::Output, field, Some(value))?;
+        }
+        Ok(())
+    }
+
     /// Serializes typed inputs (such as a derived `…Inputs` struct) to the
     /// map `execute_program` sends, and validates it.
     ///
