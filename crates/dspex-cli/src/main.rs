@@ -4,12 +4,17 @@
 //!   programs concurrently on the offline `dummy` LM (or on `DSPEX_LM`), a
 //!   worker is killed mid-run to show recovery, and a summary table reports
 //!   results, latencies and restarts.
-//! - `dspex run`: one program, once, from a signature string and inputs.
+//! - `dspex run`: one program, once, from a signature string and inputs (or
+//!   a saved, compiled program).
+//! - `dspex eval`: a program scored on a devset with a metric.
+//! - `dspex optimize`: a program compiled by one of DSPy's optimizers, saved
+//!   in DSPy's JSON format.
 //! - `dspex doctor`: the Python environment report, and a worker started.
 //!
 //! Ctrl-C stops cleanly: in-flight work is abandoned, every worker is
 //! stopped and reaped, and the exit status is 130.
 
+mod compile;
 mod demo;
 mod run;
 mod tools;
@@ -20,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dspex::{AdapterKind, Dspex, LmConfig, ModeSetting};
+use dspex::{AdapterKind, Dspex, ModeSetting};
 use dspex_bridge::conditional::check_environment;
 use dspex_bridge::{ConditionalSupervisor, PoolConfig, PythonConfig, PythonEnv, TreeConfig};
 
@@ -66,6 +71,10 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run one program once.
     Run(run::RunArgs),
+    /// Score a program on a devset with a metric.
+    Eval(compile::EvalArgs),
+    /// Compile a program with one of DSPy's optimizers and save it.
+    Optimize(compile::OptimizeArgs),
     /// Report the Python environment and check that a worker starts.
     Doctor,
 }
@@ -117,7 +126,7 @@ async fn main() -> Result<()> {
     // The LM is configured once, at start: the one the configuration names
     // (`[lm]`, or `DSPEX_LM` with `DSPEX_LM_API_KEY`), else the offline one.
     if builder.current_config().lm.is_none() {
-        let mut dummy = LmConfig::dummy();
+        let mut dummy = compile::cli_dummy();
         if let Cmd::Demo(args) = &cli.command {
             dummy
                 .extra
@@ -147,6 +156,8 @@ async fn main() -> Result<()> {
             match cli.command {
                 Cmd::Demo(args) => demo::run(dspex, args, &model, interrupted).await,
                 Cmd::Run(args) => run::run(dspex, args).await,
+                Cmd::Eval(args) => compile::eval(dspex, args).await,
+                Cmd::Optimize(args) => compile::optimize(dspex, args).await,
                 Cmd::Doctor => Ok(()),
             }
         }

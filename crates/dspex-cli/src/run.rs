@@ -1,4 +1,5 @@
-//! `dspex run`: one program, once.
+//! `dspex run`: one program, once; and the program arguments `run`, `eval`
+//! and `optimize` share.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -6,27 +7,33 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use dspex::{Base, Dspex, ExecuteOptions, FieldType, Module, Prediction, Signature, StreamEvent};
+use dspex::{
+    Base, Dspex, ExecuteOptions, FieldType, Module, Prediction, SavedProgram, Signature,
+    StreamEvent,
+};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::tools;
 
-/// Options of `dspex run`.
+/// The program a command runs: a signature and a module, or a saved
+/// program (`--program`).
 #[derive(Debug, Args)]
-pub(crate) struct RunArgs {
-    /// The signature, e.g. "question: str -> answer: str, confidence: float".
+pub(crate) struct ProgramArgs {
+    /// The signature, e.g. "question: str -> answer: str, confidence: float"
+    /// (default: the one saved in --program).
     #[arg(long, short)]
-    signature: String,
-    /// An input as NAME=VALUE. For a text field VALUE is the text as given;
-    /// for any other field it is JSON.
-    #[arg(long = "input", short, value_name = "NAME=VALUE")]
-    inputs: Vec<String>,
+    signature: Option<String>,
     /// The module: predict, cot, react (with the `calculator` and `lookup`
     /// tools), best_of_n, refine (rewarding complete outputs), mcc, or
-    /// python:package.module:Class (from --project).
-    #[arg(long, short, default_value = "predict")]
-    module: String,
+    /// python:package.module:Class (from --project). Default: the one saved
+    /// in --program, else predict.
+    #[arg(long, short)]
+    module: Option<String>,
+    /// A program saved in DSPy's JSON format (by `dspex optimize --out`, or
+    /// by `program.save(path)` in Python): its compiled state is loaded.
+    #[arg(long, value_name = "FILE.json")]
+    program: Option<PathBuf>,
     /// Attempts of best_of_n and refine; the reasoning attempts of mcc.
     #[arg(long, default_value_t = 3)]
     n: u32,
@@ -45,6 +52,17 @@ pub(crate) struct RunArgs {
     /// Instructions for the LM.
     #[arg(long)]
     instructions: Option<String>,
+}
+
+/// Options of `dspex run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    program: ProgramArgs,
+    /// An input as NAME=VALUE. For a text field VALUE is the text as given;
+    /// for any other field it is JSON.
+    #[arg(long = "input", short, value_name = "NAME=VALUE")]
+    inputs: Vec<String>,
     /// Print the output fields as the LM writes them.
     #[arg(long)]
     stream: bool,
@@ -71,9 +89,52 @@ enum Kind {
     Codeact,
 }
 
-impl RunArgs {
-    fn build_module(&self) -> Result<Module> {
-        let name = self.module.trim();
+impl ProgramArgs {
+    /// Creates the program `id` these arguments describe (its compiled
+    /// state loaded from --program, its demos from --demos) and returns
+    /// its signature.
+    pub(crate) async fn create(&self, dspex: &Dspex, id: &str) -> Result<Signature> {
+        let saved = match &self.program {
+            Some(path) => Some(SavedProgram::read(path)?),
+            None => None,
+        };
+        let mut signature = match (&self.signature, &saved) {
+            (Some(text), _) => Signature::parse(text).context("parsing --signature")?,
+            (None, Some(saved)) => saved.signature()?.with_context(
+                || "--program was not saved by DSPex: give its --signature and --module",
+            )?,
+            (None, None) => bail!("give a --signature (or a saved --program)"),
+        };
+        if let Some(instructions) = &self.instructions {
+            signature = signature.with_instructions(instructions.clone());
+        }
+        let module_name = match (&self.module, &saved) {
+            (Some(name), _) => name.clone(),
+            (None, Some(saved)) => saved
+                .definition
+                .as_ref()
+                .map_or_else(|| "predict".to_owned(), |d| saved_module(d)),
+            (None, None) => "predict".to_owned(),
+        };
+        let module = self.build_module(&module_name)?;
+        match &self.program {
+            Some(path) => {
+                dspex
+                    .load_program(id, signature.clone(), module, path)
+                    .await?;
+            }
+            None => {
+                dspex.create_program(id, signature.clone(), module).await?;
+            }
+        }
+        if let Some(path) = &self.demos {
+            dspex.set_demos(id, read_demos(path)?).await?;
+        }
+        Ok(signature)
+    }
+
+    fn build_module(&self, name: &str) -> Result<Module> {
+        let name = name.trim();
         if let Some(path) = name.strip_prefix("python:") {
             let mut module = Module::python(path);
             if let Some(kwargs) = &self.kwargs {
@@ -108,6 +169,23 @@ impl RunArgs {
             Kind::ProgramOfThought => Module::ProgramOfThought,
             Kind::Codeact => Module::CodeAct,
         })
+    }
+}
+
+/// The `--module` word of a saved DSPex definition.
+fn saved_module(definition: &dspex::protocol::ProgramDefinition) -> String {
+    match definition.module.as_str() {
+        "python" => format!(
+            "python:{}",
+            definition
+                .module_args
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        ),
+        "chain_of_thought" => "cot".to_owned(),
+        "multi_chain_comparison" => "mcc".to_owned(),
+        other => other.to_owned(),
     }
 }
 
@@ -156,16 +234,8 @@ fn parse_inputs(signature: &Signature, pairs: &[String]) -> Result<Map<String, V
 }
 
 pub(crate) async fn run(dspex: Dspex, args: RunArgs) -> Result<()> {
-    let mut signature = Signature::parse(&args.signature).context("parsing --signature")?;
-    if let Some(instructions) = &args.instructions {
-        signature = signature.with_instructions(instructions.clone());
-    }
+    let signature = args.program.create(&dspex, "run").await?;
     let inputs = parse_inputs(&signature, &args.inputs)?;
-    let module = args.build_module()?;
-    dspex.create_program("run", signature, module).await?;
-    if let Some(path) = &args.demos {
-        dspex.set_demos("run", read_demos(path)?).await?;
-    }
     let options = ExecuteOptions::default();
     let prediction = if args.stream {
         stream(&dspex, inputs, options, args.json).await?
@@ -267,19 +337,17 @@ mod tests {
         assert!(parse_inputs(&signature, &["n=1".into(), "n=2".into()]).is_err());
     }
 
-    fn args(module: &str) -> RunArgs {
-        RunArgs {
-            signature: "q -> a".into(),
-            inputs: vec![],
-            module: module.into(),
+    fn args() -> ProgramArgs {
+        ProgramArgs {
+            signature: Some("q -> a".into()),
+            module: None,
+            program: None,
             n: 3,
             max_iters: 4,
             facts: None,
             kwargs: Some("{\"k\": 2}".into()),
             demos: None,
             instructions: None,
-            stream: false,
-            json: false,
         }
     }
 
@@ -297,8 +365,8 @@ mod tests {
             ("codeact", "codeact"),
             ("python:app.rag:RAG", "python"),
         ] {
-            assert_eq!(args(name).build_module().unwrap().name(), built, "{name}");
+            assert_eq!(args().build_module(name).unwrap().name(), built, "{name}");
         }
-        assert!(args("nope").build_module().is_err());
+        assert!(args().build_module("nope").is_err());
     }
 }
