@@ -1,4 +1,10 @@
-"""Command handlers, the worker state they share, and the command registry."""
+"""Command handlers, the worker state they share, and the command registry.
+
+Besides running programs (``execute_program``, ``execute_batch``) the worker evaluates and
+optimizes them for the host: ``evaluate`` (``evaluation.py``), ``optimize``
+(``optimization.py``) and ``get_program_state`` (DSPy's ``dump_state()`` of a program's module,
+which ``create_program`` takes back as ``state``).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from .errors import (
     LmNotConfigured,
     ProgramNotFound,
 )
+from .evaluation import check_metric_labels, parse_examples, parse_metric, run_evaluate
 from .execution import (
     batch_threads,
     check_input_map,
@@ -27,6 +34,19 @@ from .execution import (
 )
 from .modules import MODULE_ALIASES as MODULE_ALIASES
 from .modules import MODULES as MODULES
+from .optimization import (
+    GEPA,
+    USES_VALSET,
+    OptimizeRequest,
+    check_combination,
+    check_seed,
+    job_threads,
+    normalise_optimizer,
+    parse_budget,
+    parse_options,
+    run_optimize,
+)
+from .plain import to_plain
 from .programs import Program as Program
 from .programs import build_program as build_program
 from .programs import canonical_json as canonical_json
@@ -82,6 +102,7 @@ class Stats:
         self.idle = threading.Condition(self.lock)
         self.in_flight = 0
         self.unanswered = 0
+        self.optimizing = 0
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -94,6 +115,8 @@ class Stats:
         self.deadline_exceeded = 0
         self.cancelled = 0
         self.late_results = 0
+        self.evaluations = 0
+        self.optimizations = 0
         self.max_in_flight = self.in_flight
         self.by_command: dict[str, int] = {}
         self.errors_by_kind: dict[str, int] = {}
@@ -150,6 +173,20 @@ class Stats:
         with self.lock:
             self.executions += 1
 
+    def evaluated(self) -> None:
+        with self.lock:
+            self.evaluations += 1
+
+    def optimize_started(self) -> None:
+        with self.lock:
+            self.optimizing += 1
+
+    def optimize_ended(self, ok: bool) -> None:
+        with self.lock:
+            self.optimizing -= 1
+            if ok:
+                self.optimizations += 1
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every dispatched request has been answered; False on timeout.
 
@@ -180,6 +217,9 @@ class Stats:
                 "deadline_exceeded": self.deadline_exceeded,
                 "cancelled": self.cancelled,
                 "late_results": self.late_results,
+                "evaluations": self.evaluations,
+                "optimizations": self.optimizations,
+                "optimizing": self.optimizing,
                 "by_command": dict(self.by_command),
                 "errors_by_kind": dict(self.errors_by_kind),
             }
@@ -494,6 +534,144 @@ def execute_batch(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _duration(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _dspy_module(program: Program) -> Any:
+    module = program.built.module
+    if not callable(getattr(module, "dump_state", None)) or not callable(
+        getattr(module, "named_parameters", None)
+    ):
+        raise InvalidArguments(
+            f"program {program.program_id!r}: its module is not a DSPy module (no state)",
+            {"field": "program", "reason": "not_a_dspy_module", "program_id": program.program_id},
+        )
+    return module
+
+
+def get_program_state(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """DSPy's ``dump_state()`` of the program's module and DSPy's dependency versions.
+
+    ``{**state, "metadata": {"dependency_versions": ...}}`` is the file DSPy's
+    ``module.save(path)`` writes; ``create_program`` takes ``state`` back.
+    """
+    from dspy.utils.saving import get_dependency_versions
+
+    program_id = require_str(args, "program_id", max_len=MAX_PROGRAM_ID)
+    program = _program_of(ctx, args, program_id)
+    state = to_plain(_dspy_module(program).dump_state())
+    return {
+        "program_id": program_id,
+        "state": state,
+        "dependency_versions": get_dependency_versions(),
+    }
+
+
+def evaluate(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Score a program on ``devset`` with ``metric``: DSPy's percentage, per-example results.
+
+    See ``evaluation.py``; ``progress`` events ``{"done", "total", "score"}`` with ``events``.
+    """
+    started = time.perf_counter()
+    program_id = require_str(args, "program_id", max_len=MAX_PROGRAM_ID)
+    program = _program_of(ctx, args, program_id)
+    devset = parse_examples(program.spec, args.get("devset"), "devset")
+    metric = parse_metric(args.get("metric"), program.spec)
+    check_metric_labels(metric, devset, "devset")
+    num_threads = batch_threads(args.get("num_threads"), len(devset))
+    handle = _resolve_lm(ctx, args, program_id)
+    ctx.check_deadline()
+    assert ctx.slot is not None
+    outcome = run_evaluate(ctx.slot, program, handle, devset, metric, num_threads)
+    _counted(ctx, program, sum(1 for r in outcome["results"] if "outputs" in r))
+    ctx.state.stats.evaluated()
+    return {
+        "program_id": program_id,
+        "score": outcome["score"],
+        "results": outcome["results"],
+        "usage": outcome["usage"],
+        "duration_ms": _duration(started),
+        "model": handle.model,
+        "metric_calls": outcome["metric_calls"],
+    }
+
+
+def _reflection_lm(ctx: Context, optimizer: str, raw: Any) -> lm_mod.LmHandle | None:
+    if optimizer != GEPA:
+        if raw is not None:
+            raise InvalidArguments(
+                f"'reflection_lm' is only used by gepa, not {optimizer}",
+                {"field": "reflection_lm", "reason": "not_used"},
+            )
+        return None
+    if raw is None:
+        raise InvalidArguments(
+            "gepa needs 'reflection_lm' (an LM config, as configure_lm takes)",
+            {"field": "reflection_lm"},
+        )
+    try:
+        return ctx.state.lm_cache.get(lm_mod.parse_lm_config(raw))
+    except InvalidArguments as exc:
+        raise InvalidArguments(
+            f"reflection_lm: {exc.message}",
+            {"field": "reflection_lm", "key": (exc.details or {}).get("field")},
+        ) from None
+
+
+def optimize(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Compile a copy of the program with a DSPy optimizer; answer the compiled state.
+
+    The worker's cached program is not changed. See ``optimization.py`` for the optimizers,
+    their options, budgets, progress events and how the job stops.
+    """
+    from dspy.utils.saving import get_dependency_versions
+
+    started = time.perf_counter()
+    program_id = require_str(args, "program_id", max_len=MAX_PROGRAM_ID)
+    optimizer = normalise_optimizer(args.get("optimizer"))
+    options = parse_options(optimizer, args.get("options"))
+    program = _program_of(ctx, args, program_id)
+    _dspy_module(program)
+    trainset = parse_examples(program.spec, args.get("trainset"), "trainset")
+    raw_valset = args.get("valset")
+    if raw_valset is not None and optimizer not in USES_VALSET:
+        raise InvalidArguments(
+            f"{optimizer} takes no valset (it scores on the trainset)",
+            {"field": "valset", "reason": "not_used", "optimizer": optimizer},
+        )
+    valset = parse_examples(program.spec, raw_valset, "valset") if raw_valset is not None else None
+    metric = parse_metric(args.get("metric"), program.spec)
+    check_metric_labels(metric, trainset, "trainset")
+    if valset is not None:
+        check_metric_labels(metric, valset, "valset")
+    budget = parse_budget(args.get("budget"))
+    num_threads = job_threads(args.get("num_threads"), len(trainset))
+    seed = check_seed(args.get("seed"))
+    check_combination(optimizer, options, len(trainset), len(valset) if valset else None)
+    reflection = _reflection_lm(ctx, optimizer, args.get("reflection_lm"))
+    handle = _resolve_lm(ctx, args, program_id)
+    ctx.check_deadline()
+    assert ctx.slot is not None
+    request = OptimizeRequest(
+        optimizer, options, trainset, valset, metric, num_threads, budget, seed
+    )
+    ctx.state.stats.optimize_started()
+    ok = False
+    try:
+        outcome = run_optimize(ctx.slot, program, handle, reflection, request)
+        ok = True
+    finally:
+        ctx.state.stats.optimize_ended(ok)
+    return {
+        "program_id": program_id,
+        **outcome,
+        "dependency_versions": get_dependency_versions(),
+        "duration_ms": _duration(started),
+        "model": handle.model,
+    }
+
+
 def list_programs(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     with ctx.state.lock:
         programs = [p.info() for p in ctx.state.programs.values()]
@@ -532,6 +710,9 @@ def get_stats(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "requests": snap,
         "programs": programs,
         "executions": snap["executions"],
+        "evaluations": snap["evaluations"],
+        "optimizations": snap["optimizations"],
+        "optimizing": snap["optimizing"],
         "memory": _rss(),
         "lm": model,
         "named_lms": len(state.named_lms),
@@ -581,6 +762,9 @@ def default_registry() -> Registry:
     registry.register("create_program", create_program, needs_dspy=True)
     registry.register("execute_program", execute_program, needs_dspy=True)
     registry.register("execute_batch", execute_batch, needs_dspy=True)
+    registry.register("get_program_state", get_program_state, needs_dspy=True)
+    registry.register("evaluate", evaluate, needs_dspy=True)
+    registry.register("optimize", optimize, needs_dspy=True)
     registry.register("list_programs", list_programs)
     registry.register("get_program_info", get_program_info)
     registry.register("delete_program", delete_program)

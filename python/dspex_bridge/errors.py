@@ -25,6 +25,7 @@ KINDS: tuple[str, ...] = (
     "Cancelled",
     "ToolError",
     "ModuleImportError",
+    "BudgetExceeded",
     "PythonException",
     "ProtocolError",
 )
@@ -112,6 +113,16 @@ class ModuleImportError(BridgeError):
     """
 
     kind = "ModuleImportError"
+
+
+class BudgetExceeded(BridgeError):
+    """An ``optimize`` job used more metric or LM calls than its ``budget`` allows.
+
+    ``details``: ``{"budget": "max_metric_calls" | "max_lm_calls", "limit", "used"}`` (``used``
+    counts the refused call, so it is always above ``limit``).
+    """
+
+    kind = "BudgetExceeded"
 
 
 class PythonException(BridgeError):

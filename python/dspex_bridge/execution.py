@@ -285,6 +285,34 @@ def run_program(
     return outputs, usage, (recorder.entries if recorder is not None else None)
 
 
+def predict_once(
+    program: Program, lm: Any, checked: dict[str, Any]
+) -> tuple[Any, dict[str, Any], dict[str, dict[str, int]]]:
+    """Run a program once on checked inputs: (DSPy's prediction, outputs, usage).
+
+    As ``run_program`` without streaming or history; the raw prediction is what DSPy's own
+    metrics are given (``evaluate``).
+    """
+    import dspy
+
+    inputs = to_dspy_inputs(program.spec, checked)
+    runner, reward = program.built.runner()
+    with dspy.context(lm=lm, disable_history=True), dspy.track_usage() as tracker:
+        try:
+            prediction = runner(**inputs)
+        except Exception as exc:
+            raise failure(program, exc) from exc
+    if prediction is None and reward is not None and reward.last_error is not None:
+        raise failure(program, reward.last_error) from reward.last_error
+    outputs = read_outputs(program, prediction)
+    return prediction, outputs, usage_of(tracker.get_total_tokens())
+
+
+def error_entry(exc: BaseException) -> dict[str, Any]:
+    """``{"error": {"kind", "message", "details"}}`` of a failed item (no traceback)."""
+    return _error_entry(exc)
+
+
 def _error_entry(exc: BaseException) -> dict[str, Any]:
     wire = from_exception(exc)
     return {"error": {"kind": wire["kind"], "message": wire["message"], "details": wire["details"]}}

@@ -24,7 +24,14 @@ in that adapter's format, deterministically from the signature and the input val
   be discarded anyway, and the thread is free again at once;
 * both DSPy adapters are understood: ChatAdapter (``[[ ## field ## ]]`` sections) and
   JSONAdapter (a JSON object, also used when a ``response_format`` is requested);
-* ``fail_fields`` (test aid) makes the named output fields unusable so the adapter fails.
+* ``fail_fields`` (test aid) makes the named output fields unusable so the adapter fails;
+* ``follow_examples: true`` (in the spirit of ``dspy.utils.dummies.DummyLM(follow_examples=
+  True)``): when the prompt carries a demo (a user / assistant message pair the adapter
+  rendered before the request, a few-shot example or a history turn) whose input fields equal
+  the request's, the output fields that demo supplies are answered with its values (the last
+  such demo wins; fields it leaves "Not supplied" are answered as usual). Without a matching
+  demo the answer is as without the option. This lets a test show that an optimizer that adds
+  the right demos raises a score.
 
 Same inputs give the same outputs; nothing leaves the process.
 
@@ -60,7 +67,7 @@ LM_CACHE_SIZE = 16
 NAMED_LM_LIMIT = 64
 MAX_LM_ID = 128
 # Top-level LM config keys whose string values are not secrets (every other string is).
-_NOT_SECRET = frozenset({"model", "model_type", "engine", "seed", "fail_fields"})
+_NOT_SECRET = frozenset({"model", "model_type", "engine", "seed", "fail_fields", "follow_examples"})
 _MAX_SECRET_DEPTH = 32
 
 _HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]")
@@ -79,6 +86,7 @@ _KNOWN_KEYS = frozenset(
         "latency_ms",
         "seed",
         "fail_fields",
+        "follow_examples",
         "cache",
         "num_retries",
         "model_type",
@@ -115,6 +123,7 @@ class LmConfig:
     latency_ms: float = 0.0
     seed: str = ""
     fail_fields: tuple[str, ...] = ()
+    follow_examples: bool = False
 
     @property
     def dummy(self) -> bool:
@@ -128,6 +137,7 @@ class LmConfig:
                 "latency_ms": self.latency_ms,
                 "seed": self.seed,
                 "fail_fields": self.fail_fields,
+                "follow_examples": self.follow_examples,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -250,6 +260,15 @@ def parse_lm_config(raw: Any) -> LmConfig:
         raise InvalidArguments(
             "'fail_fields' only applies to the dummy model", {"field": "fail_fields"}
         )
+    follow_examples = raw.get("follow_examples")
+    if follow_examples is None:
+        follow_examples = False
+    if not isinstance(follow_examples, bool):
+        raise InvalidArguments("'follow_examples' must be a bool", {"field": "follow_examples"})
+    if follow_examples and not dummy:
+        raise InvalidArguments(
+            "'follow_examples' only applies to the dummy model", {"field": "follow_examples"}
+        )
     for key, value in raw.items():
         if key in _KNOWN_KEYS:
             continue
@@ -265,6 +284,7 @@ def parse_lm_config(raw: Any) -> LmConfig:
         latency_ms=float(latency),
         seed=str(seed),
         fail_fields=tuple(fail_fields),
+        follow_examples=follow_examples,
     )
 
 
@@ -295,7 +315,12 @@ def build_lm(config: LmConfig) -> LmHandle:
             }
             lm = dspy.LM(
                 DUMMY_MODEL,
-                engine=DummyEngine(config.latency_ms, config.seed, config.fail_fields),
+                engine=DummyEngine(
+                    config.latency_ms,
+                    config.seed,
+                    config.fail_fields,
+                    follow_examples=config.follow_examples,
+                ),
                 cache=False,
                 num_retries=0,
                 **options,
@@ -712,6 +737,72 @@ def _advice(sections: dict[str, str], gen: _Generator) -> dict[str, str] | None:
     return {name: f"advice for {name}: {gen.short}" for name in names}
 
 
+# An output an incomplete demo does not supply (ChatAdapter's ``missing_field_message``).
+_NOT_SUPPLIED = "Not supplied for this particular example"
+
+
+def _demo_pairs(messages: Any) -> list[tuple[str, str]]:
+    """The (user, assistant) message pairs of a request before its last user message."""
+    items = list(messages)
+    last_user = max(
+        (i for i, m in enumerate(items) if getattr(m, "role", None) == "user"), default=-1
+    )
+    pairs: list[tuple[str, str]] = []
+    for i in range(max(last_user - 1, 0)):
+        first, second = items[i], items[i + 1]
+        if getattr(first, "role", None) == "user" and getattr(second, "role", None) == "assistant":
+            pairs.append((_message_text(first), _message_text(second)))
+    return pairs
+
+
+def _demo_outputs(text: str, names: list[str]) -> dict[str, tuple[Any, bool]]:
+    """The output values a demo's assistant message supplies: name -> (value, is_text)."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            parsed = json.loads(stripped)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return {
+                name: (parsed[name], False)
+                for name in names
+                if name in parsed
+                and not (isinstance(parsed[name], str) and parsed[name].startswith(_NOT_SUPPLIED))
+            }
+    sections: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        match = _HEADER.fullmatch(line.strip())
+        if match:
+            current = match.group(1)
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    found: dict[str, tuple[Any, bool]] = {}
+    for name in names:
+        if name in sections:
+            value = "\n".join(sections[name]).strip()
+            if not value.startswith(_NOT_SUPPLIED):
+                found[name] = (value, True)
+    return found
+
+
+def _followed(
+    demos: list[tuple[str, str]],
+    input_names: list[str],
+    sections: dict[str, str],
+    output_names: list[str],
+) -> dict[str, tuple[Any, bool]]:
+    """``follow_examples``: the outputs of the last demo whose inputs equal the request's."""
+    if not sections:
+        return {}
+    for user, assistant in reversed(demos):
+        if _sections(user, input_names) == sections:
+            return _demo_outputs(assistant, output_names)
+    return {}
+
+
 class DummyEngine:
     """A DSPy 3.4 canonical engine (``complete(Request) -> Response``) that needs no network.
 
@@ -730,17 +821,30 @@ class DummyEngine:
     supported_params: tuple[str, ...] = ()
 
     def __init__(
-        self, latency_ms: float = 0.0, seed: str = "", fail_fields: tuple[str, ...] = ()
+        self,
+        latency_ms: float = 0.0,
+        seed: str = "",
+        fail_fields: tuple[str, ...] = (),
+        *,
+        follow_examples: bool = False,
     ) -> None:
         self.latency_ms = latency_ms
         self.seed = seed
         self.fail_fields = frozenset(fail_fields)
+        self.follow_examples = follow_examples
 
-    def answer(self, system: str, user: str, json_mode: bool = False) -> str:
+    def answer(
+        self,
+        system: str,
+        user: str,
+        json_mode: bool = False,
+        demos: list[tuple[str, str]] | None = None,
+    ) -> str:
         """The completion text for a rendered prompt (also used by ``openai_stub``).
 
-        Fields named in ``fail_fields`` (a test aid) come out unusable: a text field is left
-        out, any other gets a value no parser accepts.
+        ``demos`` are the (user, assistant) message pairs before the request, followed with
+        ``follow_examples``. Fields named in ``fail_fields`` (a test aid) come out unusable: a
+        text field is left out, any other gets a value no parser accepts.
         """
         input_names, outputs = _parse_prompt(system)
         sections = _sections(user, input_names)
@@ -750,6 +854,11 @@ class DummyEngine:
             return f"dummy: {digest[:8]}"
         json_mode = json_mode or _JSON_MARKER in system
         planned = _react_step(system, user, outputs, gen)
+        if self.follow_examples and demos:
+            planned = {
+                **planned,
+                **_followed(demos, input_names, sections, [o.name for o in outputs]),
+            }
         values: list[tuple[str, Any, bool]] = []
         for out in outputs:
             if out.name in planned:
@@ -789,7 +898,8 @@ class DummyEngine:
         users = [m for m in request.messages if getattr(m, "role", None) == "user"]
         user_text = _message_text(users[-1]) if users else ""
         json_mode = getattr(request.config, "response_format", None) is not None
-        text = self.answer(system_text, user_text, json_mode)
+        demos = _demo_pairs(request.messages) if self.follow_examples else None
+        text = self.answer(system_text, user_text, json_mode, demos)
         prompt_tokens = count_tokens(system_text) + sum(count_tokens(t) for t in texts)
         return text, prompt_tokens, count_tokens(text)
 

@@ -17,6 +17,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s dspex[{worker_id} pid=%(process)d] %(name)s: %(message)s"
 REDACTED = "[REDACTED]"
@@ -126,3 +127,26 @@ def setup_logging(worker_id: str, level: str | None = None) -> None:
 
     sys.excepthook = excepthook
     threading.excepthook = thread_excepthook
+
+
+def quiet_progress_bars() -> None:
+    """Turn off tqdm progress bars (DSPy's ``Evaluate``, its optimizers, GEPA).
+
+    stderr carries log lines only, and a progress bar redraws itself with carriage returns
+    many times a second; the worker reports progress as ``progress`` events instead.
+    Every ``tqdm.tqdm`` (and subclass) is constructed with ``disable=True``.
+    """
+    try:
+        import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with DSPy
+        return
+    original = tqdm.tqdm.__init__
+    if getattr(original, "_dspex_quiet", False):
+        return
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    init._dspex_quiet = True  # type: ignore[attr-defined]
+    tqdm.tqdm.__init__ = init  # type: ignore[method-assign]

@@ -33,6 +33,7 @@ import contextvars
 import heapq
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,9 +66,31 @@ _current: contextvars.ContextVar[ReplySlot | None] = contextvars.ContextVar(
 )
 
 
+# The DSPy setting (``dspy.context(dspex_request=slot)``) through which a request reaches
+# threads DSPy starts itself: ``dspy.Parallel`` / ``Evaluate`` copy the settings overrides of
+# the thread that started them into their own threads, not other context variables.
+DSPY_SETTING = "dspex_request"
+
+
 def current_request() -> ReplySlot | None:
-    """The slot of the request whose handler runs in this thread (None outside handlers)."""
-    return _current.get()
+    """The slot of the request whose handler runs in this thread (None outside handlers).
+
+    In a thread DSPy started (the threads of ``Evaluate`` inside an optimizer) it is the
+    request named by the DSPy setting ``DSPY_SETTING``, which DSPy carries into its threads.
+    """
+    slot = _current.get()
+    if slot is not None:
+        return slot
+    return _inherited()
+
+
+def _inherited() -> ReplySlot | None:
+    settings = sys.modules.get("dspy.dsp.utils.settings")
+    if settings is None:
+        return None
+    overrides = settings.thread_local_overrides.get()
+    slot = overrides.get(DSPY_SETTING) if isinstance(overrides, dict) else None
+    return slot if isinstance(slot, ReplySlot) else None
 
 
 @contextlib.contextmanager

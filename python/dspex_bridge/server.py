@@ -23,7 +23,7 @@ from . import protocol
 from .callbacks import CallbackTable
 from .commands import Command, Context, NoReply, Registry, WorkerState, default_registry
 from .errors import InvalidArguments, ProtocolError, UnknownCommand, from_exception
-from .logs import setup_logging
+from .logs import quiet_progress_bars, setup_logging
 from .requests import MAX_REQUEST_ID, ReplySlot, RequestTable, bind
 
 PROTOCOL_VERSION = 2
@@ -465,6 +465,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     proto_fd = protocol.claim_protocol_fd()
     options, unknown = parse_options(list(sys.argv[1:] if argv is None else argv))
     setup_logging(options.worker_id, options.log_level)
+    quiet_progress_bars()
     _install_signal_handlers()
     if unknown:
         log.info("ignoring unknown arguments: %s", " ".join(unknown))
