@@ -10,8 +10,9 @@ returns, or a file written by DSPy's ``module.save(path)`` without its ``metadat
 module is built as without it, then ``module.load_state(state)`` (JSON state only, never
 pickle; LM state is refused). For the ``predict`` module it is the predictor's own state
 (what ``dspy.Predict.dump_state`` writes); otherwise it must name exactly the module's
-predictors (``module.named_parameters()``); each must fit its predictor's signature; anything else is
-``InvalidArguments`` ``{"field": "state", "reason", ...}`` and nothing is installed. The state
+predictors (``module.named_parameters()``); each must fit its predictor's signature.
+Anything else is ``InvalidArguments`` ``{"field": "state", "reason", ...}`` and nothing is
+installed. The state
 carries the predictors' demos and instructions, so with both ``demos`` and ``state`` the
 state wins.
 """
