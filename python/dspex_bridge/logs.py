@@ -150,3 +150,16 @@ def quiet_progress_bars() -> None:
 
     init._dspex_quiet = True  # type: ignore[attr-defined]
     tqdm.tqdm.__init__ = init  # type: ignore[method-assign]
+
+
+def adopt_dspy_logging() -> None:
+    """Route DSPy's log records through the worker's handler (after ``import dspy``).
+
+    DSPy gives its ``dspy`` logger a handler of its own on stderr and stops propagation, so
+    its lines (``Evaluate``'s scores, the optimizers' reports, its warnings) would bypass the
+    worker's one-line format and its secret redaction.
+    """
+    logger = logging.getLogger("dspy")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True

@@ -648,7 +648,7 @@ class _ProgressLogHandler(logging.Handler):
         line = text.splitlines()[0].strip("= ")
         data: dict[str, Any] = {"message": line}
         match = _TRIAL.search(line)
-        if match:
+        if match and int(match.group(1)) <= int(match.group(2)):
             data["done"], data["total"] = int(match.group(1)), int(match.group(2))
         job.progress(data, force=match is not None)
 

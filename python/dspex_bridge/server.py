@@ -23,7 +23,7 @@ from . import protocol
 from .callbacks import CallbackTable
 from .commands import Command, Context, NoReply, Registry, WorkerState, default_registry
 from .errors import InvalidArguments, ProtocolError, UnknownCommand, from_exception
-from .logs import quiet_progress_bars, setup_logging
+from .logs import adopt_dspy_logging, quiet_progress_bars, setup_logging
 from .requests import MAX_REQUEST_ID, ReplySlot, RequestTable, bind
 
 PROTOCOL_VERSION = 2
@@ -157,6 +157,7 @@ class Server:
                 if self._dspy is None:
                     started = time.perf_counter()
                     module = importlib.import_module("dspy")
+                    adopt_dspy_logging()
                     log.info("imported dspy in %.0f ms", (time.perf_counter() - started) * 1000)
                     self._dspy = module
         return self._dspy

@@ -185,3 +185,34 @@ def test_real_lm_streaming_through_the_worker(worker: Worker, stub: int) -> None
     reasoning = [c["text"] for c in chunks if c["field"] == "reasoning"]
     assert len(reasoning) > 1
     assert "".join(reasoning).strip() == reply["result"]["outputs"]["reasoning"]
+
+
+def test_evaluate_and_optimize_over_http(worker: Worker, stub: int) -> None:
+    """A real ``dspy.LM`` (the worker's DeadlineLM) under evaluate and optimize: the job's
+    copy of the LM counts its calls and honours the budget."""
+    worker.call("create_program", {"program_id": "stub-opt", "signature": qa_signature()})
+    trainset = [
+        {"inputs": {"question": f"question {i}"}, "labels": {"answer": f"answer {i}"}}
+        for i in range(4)
+    ]
+    lm = _lm(stub)
+    metric = {"builtin": "answer_exact_match"}
+    scored = worker.call(
+        "evaluate",
+        {"program_id": "stub-opt", "devset": trainset, "metric": metric, "lm": lm},
+    )
+    assert scored["score"] == 0.0
+    assert scored["usage"]["openai/stub-model"]["total_tokens"] > 0
+    request = {
+        "program_id": "stub-opt",
+        "optimizer": "bootstrap_few_shot",
+        "trainset": trainset,
+        "metric": metric,
+        "lm": lm,
+    }
+    result = worker.call("optimize", request)
+    assert result["lm_calls"] == result["metric_calls"] == len(trainset)
+    assert result["usage"]["openai/stub-model"]["total_tokens"] > 0
+    assert len(result["state"]["demos"]) == len(trainset)
+    error = worker.error("optimize", {**request, "budget": {"max_lm_calls": 2}})
+    assert error["kind"] == "BudgetExceeded"

@@ -246,7 +246,7 @@ def test_missing_optional_packages_are_typed_errors(worker: Worker) -> None:
         assert error["details"]["package"] == package
 
 
-# --- argument errors -------------------------------------------------------------------------------
+# --- argument errors ----------------------------------------------------------------------------
 
 
 def _bad_requests() -> list[Any]:
@@ -422,7 +422,7 @@ def test_deadline_mid_optimize(worker: Worker) -> None:
     assert worker.call("ping")["status"] == "ok"
 
 
-# --- host metrics inside optimizers ------------------------------------------------------------------
+# --- host metrics inside optimizers --------------------------------------------------------------
 
 
 def _exact_scores(items: list[dict[str, Any]]) -> list[float]:
@@ -515,3 +515,21 @@ def test_stats_count_optimizations(worker: Worker) -> None:
     assert after["optimizations"] == before["optimizations"] + 1
     assert after["optimizing"] == 0
     assert after["requests"]["optimizations"] == after["optimizations"]
+
+
+def test_no_progress_bars_on_stderr(worker: Worker) -> None:
+    """tqdm bars (BootstrapFewShot's, Evaluate's inside the optimizers) are off: stderr carries
+    log lines only."""
+    reply = _optimize(
+        worker,
+        "bootstrap_few_shot_with_random_search",
+        options={"num_candidate_programs": 1},
+        trainset=SMALL,
+    )
+    assert reply["ok"] is True
+    worker.sync_stderr()
+    text = worker.stderr_text()
+    assert "it/s]" not in text
+    lines = [line for line in text.splitlines() if line.strip() and "dspex-sync-" not in line]
+    assert all(" dspex[" in line for line in lines), [x for x in lines if " dspex[" not in x][:3]
+    assert any("dspy.evaluate.evaluate: Average Metric" in line for line in lines)
