@@ -12,9 +12,8 @@ pickle; LM state is refused). For the ``predict`` module it is the predictor's o
 (what ``dspy.Predict.dump_state`` writes); otherwise it must name exactly the module's
 predictors (``module.named_parameters()``); each must fit its predictor's signature.
 Anything else is ``InvalidArguments`` ``{"field": "state", "reason", ...}`` and nothing is
-installed. The state
-carries the predictors' demos and instructions, so with both ``demos`` and ``state`` the
-state wins.
+installed. The state carries the predictors' demos and instructions, so with both ``demos``
+and ``state`` the state wins.
 """
 
 from __future__ import annotations
