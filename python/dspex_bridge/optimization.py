@@ -762,6 +762,28 @@ def _compile(
     return compiled, (round(100 * float(candidates[0]["score"]), 2) if candidates else None)
 
 
+@functools.cache
+def _tracker_class() -> type:
+    from dspy.utils.usage_tracker import UsageTracker
+
+    class JobUsage(UsageTracker):  # type: ignore[misc]
+        """The usage of every LM call of a job, from whichever thread made it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._lock = threading.Lock()
+
+        def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+            with self._lock:
+                super().add_usage(lm, usage_entry)
+
+        def get_total_tokens(self) -> dict[str, dict[str, Any]]:
+            with self._lock:
+                return dict(super().get_total_tokens())
+
+    return JobUsage
+
+
 def run_optimize(
     slot: ReplySlot,
     program: Program,
@@ -771,13 +793,12 @@ def run_optimize(
 ) -> dict[str, Any]:
     """Optimize a deep copy of ``program``'s module; the result carries its ``dump_state()``."""
     import dspy
-    from dspy.utils.usage_tracker import UsageTracker
 
     bound = req.budget.max_metric_calls
     if req.optimizer == GEPA and req.options.get("max_metric_calls"):
         bound = min(bound or MAX_BUDGET, req.options["max_metric_calls"])
     job = Job(slot, req.budget, bound)
-    job.usage = UsageTracker()
+    job.usage = _tracker_class()()
     job.val_size = len(req.valset) if req.valset else len(req.trainset)
     host = HostMetric(slot, req.metric) if req.metric.kind != BUILTIN else None
     metric = JobMetric(job, req.metric, program, host, with_feedback=req.optimizer in (GEPA, SIMBA))

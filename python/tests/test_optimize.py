@@ -480,6 +480,48 @@ def test_host_metric_errors_are_failed_examples(worker: Worker) -> None:
     assert all("augmented" not in d for d in result["state"]["demos"])
 
 
+def test_host_tools_work_in_the_optimizers_threads(worker: Worker) -> None:
+    """A ReAct program's tools are host callbacks; the optimizer runs the program in DSPy's
+    own threads, which the request reaches through the DSPy setting."""
+    tool = {
+        "name": "lookup",
+        "args": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    program = {
+        "program_id": "agent",
+        "signature": SIGNATURE,
+        "module": "react",
+        "module_args": {"tools": [tool], "max_iters": 3},
+    }
+    worker.call("create_program", program)
+    names: list[str] = []
+    lock = threading.Lock()
+
+    def handler(frame: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            names.append(frame["name"])
+        if frame["name"] == "lookup":
+            return {"ok": True, "result": "sunny"}
+        return {"ok": True, "result": {"scores": [0.0] * len(frame["args"]["items"])}}
+
+    worker.call_handler = handler
+    reply = _optimize(
+        worker,
+        "bootstrap_few_shot_with_random_search",
+        program_id="agent",
+        trainset=SMALL[:4],
+        valset=VALSET,
+        options={"num_candidate_programs": 1},
+        metric={"callback": "judge"},
+        num_threads=4,
+    )
+    assert reply["ok"] is True, reply
+    assert reply["result"]["metric_errors"] == 0
+    assert "lookup" in names
+    assert "judge" in names
+    assert set(reply["result"]["state"]) == {"react", "extract.predict"}
+
+
 def test_gepa_with_host_feedback(worker: Worker) -> None:
     def handler(frame: dict[str, Any]) -> dict[str, Any]:
         items = frame["args"]["items"]
@@ -533,3 +575,23 @@ def test_no_progress_bars_on_stderr(worker: Worker) -> None:
     lines = [line for line in text.splitlines() if line.strip() and "dspex-sync-" not in line]
     assert all(" dspex[" in line for line in lines), [x for x in lines if " dspex[" not in x][:3]
     assert any("dspy.evaluate.evaluate: Average Metric" in line for line in lines)
+
+
+def test_concurrent_jobs_keep_their_own_counts(worker: Worker) -> None:
+    request = {
+        "program_id": "cap",
+        "optimizer": "bootstrap_few_shot",
+        "trainset": TRAINSET,
+        "metric": EXACT,
+    }
+    first = worker.submit("optimize", request, events=True)
+    second = worker.submit("optimize", {**request, "trainset": SMALL}, events=True)
+    run = worker.submit("execute_program", {"program_id": "cap", "inputs": {"question": "q"}})
+    assert worker.reply(run)["ok"] is True
+    one, two = worker.reply(first, timeout=60.0), worker.reply(second, timeout=60.0)
+    assert one["ok"] is True, one
+    assert two["ok"] is True, two
+    assert one["result"]["lm_calls"] == one["result"]["metric_calls"] == len(TRAINSET)
+    assert two["result"]["lm_calls"] == two["result"]["metric_calls"] == len(SMALL)
+    for request_id, total in ((first, len(TRAINSET)), (second, len(SMALL))):
+        assert _progress(worker, request_id)[-1]["done"] == total
