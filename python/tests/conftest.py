@@ -473,3 +473,23 @@ def loopback_lm() -> Iterator[LoopbackLM]:
         yield server
     finally:
         server.close()
+
+
+# The shipped dataset (the repository's data/capitals): 20 train and 10 dev question -> answer
+# pairs, every dev question also in the train set.
+CAPITALS_DIR = PYTHON_DIR.parent / "data" / "capitals"
+CAPITALS_SIGNATURE: dict[str, Any] = {
+    "name": "CapitalQA",
+    "instructions": "Answer the question with the name of a city.",
+    "inputs": [{"name": "question", "type": "str"}],
+    "outputs": [{"name": "answer", "type": "str"}],
+}
+
+
+def capitals(split: str) -> list[dict[str, Any]]:
+    """The ``train`` or ``dev`` split of the shipped dataset, as wire examples."""
+    lines = (CAPITALS_DIR / f"{split}.jsonl").read_text("utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [
+        {"inputs": {"question": r["question"]}, "labels": {"answer": r["answer"]}} for r in records
+    ]

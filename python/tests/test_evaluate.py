@@ -3,9 +3,7 @@ progress events, and the differential test against plain ``dspy.Evaluate``."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,12 +11,11 @@ import pytest
 from dspex_bridge.lm import build_lm, parse_lm_config
 from dspex_bridge.signatures import build_dspy_signature, parse_signature
 
-from .conftest import PYTHON_DIR, Worker, qa_signature
+from .conftest import CAPITALS_SIGNATURE, Worker, capitals, qa_signature
 
-DATA = json.loads((PYTHON_DIR / "dspex_bridge" / "data" / "capitals.json").read_text("utf-8"))
-SIGNATURE = DATA["signature"]
-DEVSET: list[dict[str, Any]] = DATA["devset"]
-TRAINSET: list[dict[str, Any]] = DATA["trainset"]
+SIGNATURE = CAPITALS_SIGNATURE
+DEVSET: list[dict[str, Any]] = capitals("dev")
+TRAINSET: list[dict[str, Any]] = capitals("train")
 # Half the train examples as demos: the follow_examples LM answers half the dev set right.
 DEMOS = [{**ex["inputs"], **ex["labels"]} for ex in TRAINSET[:10]]
 FOLLOW = {"model": "dummy", "follow_examples": True}
@@ -415,10 +412,7 @@ def test_evaluate_a_carried_program_with_a_named_lm(worker: Worker) -> None:
     assert result["score"] == 0.0  # without follow_examples the demos do not help
 
 
-def test_dataset_file_is_in_the_package() -> None:
-    path = Path(PYTHON_DIR) / "dspex_bridge" / "data" / "capitals.json"
-    data = json.loads(path.read_text("utf-8"))
-    assert len(data["trainset"]) == 20
-    assert len(data["devset"]) == 10
-    train = {ex["inputs"]["question"] for ex in data["trainset"]}
-    assert all(ex["inputs"]["question"] in train for ex in data["devset"])
+def test_the_shipped_dataset() -> None:
+    assert (len(TRAINSET), len(DEVSET)) == (20, 10)
+    train = {ex["inputs"]["question"] for ex in TRAINSET}
+    assert all(ex["inputs"]["question"] in train for ex in DEVSET)

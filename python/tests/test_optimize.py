@@ -17,12 +17,11 @@ import pytest
 from dspex_bridge.lm import build_lm, parse_lm_config
 from dspex_bridge.signatures import build_dspy_signature, parse_signature
 
-from .conftest import PYTHON_DIR, SpawnFn, Worker
+from .conftest import CAPITALS_SIGNATURE, SpawnFn, Worker, capitals
 
-DATA = json.loads((PYTHON_DIR / "dspex_bridge" / "data" / "capitals.json").read_text("utf-8"))
-SIGNATURE = DATA["signature"]
-TRAINSET: list[dict[str, Any]] = DATA["trainset"]
-DEVSET: list[dict[str, Any]] = DATA["devset"]
+SIGNATURE = CAPITALS_SIGNATURE
+TRAINSET: list[dict[str, Any]] = capitals("train")
+DEVSET: list[dict[str, Any]] = capitals("dev")
 FOLLOW = {"model": "dummy", "follow_examples": True}
 EXACT = {"builtin": "answer_exact_match"}
 PROGRESS_KEYS = {"message", "done", "total", "best_score"}

@@ -668,9 +668,10 @@ pub struct OptimizeArgs {
     /// The LM GEPA reflects with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reflection_lm: Option<LmConfig>,
-    /// A seed for the optimizer's sampling.
+    /// A seed for the optimizer's sampling (below 2^32, as optuna's
+    /// samplers need).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
+    pub seed: Option<u32>,
 }
 
 /// The arguments of `get_program_state`.

@@ -267,7 +267,7 @@ pub struct OptimizeOptions {
     /// with [`Error::BudgetExceeded`] and stores nothing.
     pub budget: Budget,
     /// A seed for the optimizer's sampling.
-    pub seed: Option<u64>,
+    pub seed: Option<u32>,
     /// An LM for this job only (the program's task LM).
     pub lm: Option<LmConfig>,
 }

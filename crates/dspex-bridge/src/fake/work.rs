@@ -217,7 +217,8 @@ async fn run_one(
     Ok(outputs)
 }
 
-/// Every demo of a definition: its `demos`, and those its state carries.
+/// The demos a definition runs with: those its state carries when it has
+/// one (the state wins, as in the worker), else its `demos`.
 fn demos_of(program: &ProgramDefinition) -> Vec<Map<String, Value>> {
     fn collect(value: &Value, out: &mut Vec<Map<String, Value>>) {
         match value {
@@ -235,16 +236,17 @@ fn demos_of(program: &ProgramDefinition) -> Vec<Map<String, Value>> {
             _ => {}
         }
     }
-    let mut demos: Vec<Map<String, Value>> = program
+    if let Some(state) = &program.state {
+        let mut demos = Vec::new();
+        collect(state, &mut demos);
+        return demos;
+    }
+    program
         .demos
         .iter()
         .filter_map(Value::as_object)
         .cloned()
-        .collect();
-    if let Some(state) = &program.state {
-        collect(state, &mut demos);
-    }
-    demos
+        .collect()
 }
 
 /// The state a fake dumps: one predictor's (`predict` modules flat, the
@@ -314,7 +316,7 @@ async fn evaluate(
                     entry["feedback"] = json!(feedback);
                 }
                 if let Some(error) = error {
-                    entry["error"] = json!({"kind": "PythonException", "message": error});
+                    entry["error"] = json!({"kind": "MetricError", "message": error});
                 }
                 entry
             }
