@@ -72,9 +72,9 @@ enum Cmd {
     /// Run one program once.
     Run(run::RunArgs),
     /// Score a program on a devset with a metric.
-    Eval(compile::EvalArgs),
+    Eval(Box<compile::EvalArgs>),
     /// Compile a program with one of DSPy's optimizers and save it.
-    Optimize(compile::OptimizeArgs),
+    Optimize(Box<compile::OptimizeArgs>),
     /// Report the Python environment and check that a worker starts.
     Doctor,
 }
@@ -156,8 +156,8 @@ async fn main() -> Result<()> {
             match cli.command {
                 Cmd::Demo(args) => demo::run(dspex, args, &model, interrupted).await,
                 Cmd::Run(args) => run::run(dspex, args).await,
-                Cmd::Eval(args) => compile::eval(dspex, args).await,
-                Cmd::Optimize(args) => compile::optimize(dspex, args).await,
+                Cmd::Eval(args) => compile::eval(dspex, *args).await,
+                Cmd::Optimize(args) => compile::optimize(dspex, *args).await,
                 Cmd::Doctor => Ok(()),
             }
         }

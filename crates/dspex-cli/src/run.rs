@@ -113,7 +113,7 @@ impl ProgramArgs {
             (None, Some(saved)) => saved
                 .definition
                 .as_ref()
-                .map_or_else(|| "predict".to_owned(), |d| saved_module(d)),
+                .map_or_else(|| "predict".to_owned(), saved_module),
             (None, None) => "predict".to_owned(),
         };
         let module = self.build_module(&module_name)?;

@@ -154,8 +154,14 @@ fn list(args: &Map<String, Value>, key: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// A dataset argument: `(inputs, labels)` of each example.
-type Examples = Vec<(Map<String, Value>, Map<String, Value>)>;
+/// An example: its inputs and labels.
+type Pair = (Map<String, Value>, Map<String, Value>);
+
+/// A dataset argument.
+type Examples = Vec<Pair>;
+
+/// An example and the outputs the program gave it.
+type Scored<'a> = (&'a Pair, &'a Map<String, Value>);
 
 fn examples(args: &Map<String, Value>, key: &str) -> Result<Examples, RemoteError> {
     list(args, key)
@@ -295,10 +301,7 @@ async fn evaluate(
         }
         ran.push(result);
     }
-    let scored: Vec<(
-        &(Map<String, Value>, Map<String, Value>),
-        &Map<String, Value>,
-    )> = devset
+    let scored: Vec<Scored<'_>> = devset
         .iter()
         .zip(&ran)
         .filter_map(|(example, result)| Some((example, result.as_ref().ok()?)))
@@ -346,10 +349,7 @@ fn percent(x: f64) -> f64 {
 /// host's metric called back in batches.
 async fn score(
     metric: &Value,
-    items: &[(
-        &(Map<String, Value>, Map<String, Value>),
-        &Map<String, Value>,
-    )],
+    items: &[Scored<'_>],
     host: CallHost<'_>,
 ) -> Result<Vec<(f64, Option<String>, Option<String>)>, RemoteError> {
     if let Some(callback) = metric.get("callback").and_then(Value::as_str) {
