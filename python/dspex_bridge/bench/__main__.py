@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     serve = anchors.add_parser("serve", help="DSPy's FastAPI + asyncify + uvicorn recipe")
     serve.add_argument("--port", type=_non_negative, required=True, help="0: a free port")
     serve.add_argument("--latency-ms", type=float, default=0.0)
-    serve.add_argument("--async-max-workers", type=_positive, default=8)
+    serve.add_argument("--async-max-workers", type=_positive, default=8, help="DSPy's default: 8")
     return top
 
 

@@ -18,8 +18,6 @@ from pydantic import BaseModel
 from .common import emit, log
 from .dspy_cost import dummy_lm
 
-DSPY_DEFAULT_ASYNC_MAX_WORKERS = 8
-
 
 class Question(BaseModel):
     question: str
