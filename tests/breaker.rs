@@ -31,22 +31,14 @@ async fn service(cooldown: Duration) -> Service {
 /// Crashes `n` calls by SIGKILLing the worker that runs each.
 async fn crash_calls(service: &Service, n: usize) {
     for _ in 0..n {
+        let before = executions(service).await;
         let dspex: Dspex = service.dspex.clone();
         let call = tokio::spawn(async move {
             dspex
                 .execute("qa", json!({"q": "x"}), ExecuteOptions::default())
                 .await
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let pid = loop {
-            let status = service.pool().status();
-            if let Some(busy) = status.workers.iter().find(|w| w.leases > 0) {
-                break busy.pid;
-            }
-            assert!(Instant::now() < deadline, "no call in flight");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
-        running_on(service, pid).await;
+        let pid = running_on(service, &before).await;
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
         let error = call.await.unwrap().unwrap_err();
         assert_eq!(error.category(), Category::WorkerCrashed, "{error:?}");
@@ -58,25 +50,36 @@ async fn crash_calls(service: &Service, n: usize) {
     }
 }
 
-/// Waits until worker `pid` has read and started an `execute_program` (its
-/// own counters say so), so that a kill now crashes a call that ran.
-async fn running_on(service: &Service, pid: u32) {
-    let worker = service
-        .pool()
-        .ready_workers()
-        .into_iter()
-        .find(|w| w.pid() == pid)
-        .expect("the busy worker");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+/// How many `execute_program` requests each ready worker has read, by pid.
+async fn executions(service: &Service) -> Vec<(u32, u64)> {
+    let mut counts = Vec::new();
+    for worker in service.pool().ready_workers() {
         let stats = worker
             .call(dspex::protocol::Command::GetStats, Default::default())
             .await
             .unwrap();
-        if stats["requests"]["by_command"]["execute_program"].as_u64() >= Some(1) {
-            return;
+        let count = stats["requests"]["by_command"]["execute_program"]
+            .as_u64()
+            .unwrap_or(0);
+        counts.push((worker.pid(), count));
+    }
+    counts
+}
+
+/// Waits until a worker has read one more `execute_program` than it had
+/// `before` (its own counters say so), so that killing it now crashes a
+/// call that ran; returns its pid. (A lease alone proves nothing: the pool
+/// also takes leases to load programs and LMs.)
+async fn running_on(service: &Service, before: &[(u32, u64)]) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for (pid, count) in executions(service).await {
+            let was = before.iter().find(|(p, _)| *p == pid).map_or(0, |(_, c)| *c);
+            if count > was {
+                return pid;
+            }
         }
-        assert!(Instant::now() < deadline, "the call never started: {stats}");
+        assert!(Instant::now() < deadline, "the call never started");
         tokio::task::yield_now().await;
     }
 }
