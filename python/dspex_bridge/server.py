@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import logging
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from . import protocol
+from . import protocol, zygote
 from .callbacks import CallbackTable
 from .commands import Command, Context, NoReply, Registry, WorkerState, default_registry
 from .errors import InvalidArguments, ProtocolError, UnknownCommand, from_exception
@@ -113,7 +114,9 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
     return options, unknown
 
 
+@functools.cache
 def dspy_version() -> str | None:
+    """The installed DSPy's version, read once (~40 ms: a zygote's workers inherit it)."""
     try:
         return importlib.metadata.version("dspy")
     except importlib.metadata.PackageNotFoundError:
@@ -463,8 +466,11 @@ def _exit_on_hangup_while(loading: threading.Event, in_fd: int) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of ``python -m dspex_bridge``; never returns."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if zygote.zygote_requested(args):
+        zygote.main(args)  # before anything of the worker (the zygote has no protocol fd)
     proto_fd = protocol.claim_protocol_fd()
-    options, unknown = parse_options(list(sys.argv[1:] if argv is None else argv))
+    options, unknown = parse_options(args)
     setup_logging(options.worker_id, options.log_level)
     quiet_progress_bars()
     _install_signal_handlers()

@@ -34,31 +34,46 @@ class Oversize:
         self.size = size
 
 
+def worker_env(env: dict[str, str] | None = None, *, lazy: bool = True) -> dict[str, str]:
+    """The test's environment without any ``DSPEX_`` variable, plus ``env``."""
+    full_env = dict(os.environ)
+    for key in list(full_env):
+        if key.startswith("DSPEX_"):
+            del full_env[key]
+    full_env["PYTHONPATH"] = str(PYTHON_DIR)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if lazy:
+        full_env["DSPEX_LAZY_DSPY"] = "1"
+    full_env.update(env or {})
+    return full_env
+
+
 class Worker:
     """A worker subprocess, its frames (read by a thread) and its stderr lines."""
 
     def __init__(
-        self, env: dict[str, str] | None = None, args: list[str] | None = None, *, lazy: bool = True
+        self,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        *,
+        lazy: bool = True,
+        proc: Any = None,
     ) -> None:
-        full_env = dict(os.environ)
-        for key in list(full_env):
-            if key.startswith("DSPEX_"):
-                del full_env[key]
-        full_env["PYTHONPATH"] = str(PYTHON_DIR)
-        full_env["PYTHONUNBUFFERED"] = "1"
-        if lazy:
-            full_env["DSPEX_LAZY_DSPY"] = "1"
-        full_env.update(env or {})
+        """Start ``python -m dspex_bridge``, or speak to ``proc``: anything with Popen's
+        ``stdin`` / ``stdout`` / ``stderr`` streams, ``pid``, ``poll``, ``wait`` and ``kill``
+        (a worker forked by the zygote, ``test_zygote.Forked``)."""
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dspex_bridge", *(args or [])],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=full_env,
-            cwd=str(PYTHON_DIR),
-            start_new_session=True,
-        )
+        if proc is None:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dspex_bridge", *(args or [])],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=worker_env(env, lazy=lazy),
+                cwd=str(PYTHON_DIR),
+                start_new_session=True,
+            )
+        self.proc = proc
         self.frames: queue.Queue[Any] = queue.Queue()
         self.pending: dict[int, dict[str, Any]] = {}
         self.stderr_lines: list[str] = []

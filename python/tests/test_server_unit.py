@@ -60,10 +60,15 @@ def test_bad_or_unknown_flags_never_crash(argv: list[str]) -> None:
 
 
 def test_dspy_version_is_null_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    server.dspy_version.cache_clear()
     assert server.dspy_version() == "3.4.1"
 
     def missing(name: str) -> str:
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", missing)
-    assert server.dspy_version() is None
+    server.dspy_version.cache_clear()  # read once per process
+    try:
+        assert server.dspy_version() is None
+    finally:
+        server.dspy_version.cache_clear()
