@@ -74,7 +74,10 @@ async fn running_on(service: &Service, before: &[(u32, u64)]) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         for (pid, count) in executions(service).await {
-            let was = before.iter().find(|(p, _)| *p == pid).map_or(0, |(_, c)| *c);
+            let was = before
+                .iter()
+                .find(|(p, _)| *p == pid)
+                .map_or(0, |(_, c)| *c);
             if count > was {
                 return pid;
             }

@@ -56,6 +56,16 @@ fn alive(pid: u32) -> bool {
     proc_stat(pid).is_some_and(|s| s.state != 'Z')
 }
 
+/// Whether `pid` is a zygote: its command line says `--mode zygote` and its
+/// parent's does not (forked workers keep the zygote's command line).
+fn is_zygote(pid: u32) -> bool {
+    let says = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.contains("--mode\0zygote"))
+    };
+    says(pid) && proc_stat(pid).is_some_and(|stat| !says(stat.ppid))
+}
+
 /// Kills whatever still carries one of the tags, even when the test fails,
 /// so a failing run leaves nothing behind either.
 struct KillTagged(Vec<String>);
@@ -79,9 +89,13 @@ struct Host {
 }
 
 /// Starts `dspex-test-host` and waits for its ready line.
-async fn start_host(bridges: usize, grandchildren: usize) -> Host {
+async fn start_host(bridges: usize, grandchildren: usize, spawn: &str) -> Host {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dspex-test-host"))
-        .args([bridges.to_string(), grandchildren.to_string()])
+        .args([
+            bridges.to_string(),
+            grandchildren.to_string(),
+            spawn.to_owned(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -135,14 +149,31 @@ async fn kill_host(host: &mut Host) -> Instant {
 ///
 /// Pass figure: 0 tagged processes ≤ 2 s after the kill (the parent-death
 /// signal makes it near-immediate).
+///
+/// Forked workers (the default) have no parent-death signal tied to the
+/// host: their zygote dies of its own, the tree's watchdog kills the rest,
+/// and each worker would also leave on its stdin's EOF.
 #[tokio::test(flavor = "multi_thread")]
 async fn s26_sigkilled_host_leaves_no_worker() {
+    sigkilled_host_leaves_no_worker("zygote").await;
+}
+
+/// Scenario 26 with directly spawned workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn s26_sigkilled_host_leaves_no_worker_direct() {
+    sigkilled_host_leaves_no_worker("direct").await;
+}
+
+async fn sigkilled_host_leaves_no_worker(spawn: &str) {
     let _serial = SERIAL.lock().await;
-    let mut host = start_host(3, 0).await;
+    let mut host = start_host(3, 0, spawn).await;
     let _cleanup = KillTagged(host.tags.clone());
     assert_eq!(host.workers.len(), 3);
     for (tag, &worker) in host.tags.iter().zip(&host.workers) {
-        assert_eq!(tagged(tag), vec![worker], "tag {tag} before the kill");
+        let (zygotes, workers): (Vec<u32>, Vec<u32>) =
+            tagged(tag).into_iter().partition(|&pid| is_zygote(pid));
+        assert_eq!(workers, vec![worker], "tag {tag} before the kill");
+        assert_eq!(zygotes.len(), usize::from(spawn == "zygote"), "{spawn}");
     }
 
     let killed_at = kill_host(&mut host).await;
@@ -168,7 +199,9 @@ async fn s26_sigkilled_host_leaves_no_worker() {
         elapsed <= FIGURE,
         "workers gone only {elapsed:?} after the kill"
     );
-    println!("s26: 3 workers gone {elapsed:?} after the host's SIGKILL (figure {FIGURE:?})");
+    println!(
+        "s26 ({spawn}): 3 workers gone {elapsed:?} after the host's SIGKILL (figure {FIGURE:?})"
+    );
 }
 
 /// Scenario 26 with a descendant: a worker ran `spawn_grandchild` (`sleep`)
@@ -182,8 +215,18 @@ async fn s26_sigkilled_host_leaves_no_worker() {
 /// which wakes when the dead host's end of its pipe closes.
 #[tokio::test(flavor = "multi_thread")]
 async fn s26_sigkilled_host_leaves_no_grandchild() {
+    sigkilled_host_leaves_no_grandchild("zygote").await;
+}
+
+/// The same with directly spawned workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn s26_sigkilled_host_leaves_no_grandchild_direct() {
+    sigkilled_host_leaves_no_grandchild("direct").await;
+}
+
+async fn sigkilled_host_leaves_no_grandchild(spawn: &str) {
     let _serial = SERIAL.lock().await;
-    let mut host = start_host(2, 1).await;
+    let mut host = start_host(2, 1, spawn).await;
     let _cleanup = KillTagged(host.tags.clone());
     let grandchild = host.grandchildren[0];
     assert!(alive(grandchild));
@@ -211,7 +254,7 @@ async fn s26_sigkilled_host_leaves_no_grandchild() {
         "still alive {elapsed:?} after the kill (grandchild {grandchild}): {left:?}"
     );
     assert!(elapsed <= FIGURE, "gone only {elapsed:?} after the kill");
-    println!("s26: workers and grandchild gone {elapsed:?} after the host's SIGKILL");
+    println!("s26 ({spawn}): workers and grandchild gone {elapsed:?} after the host's SIGKILL");
 }
 
 /// G9: `sweep_orphans` kills a tagged process whose host is gone and leaves

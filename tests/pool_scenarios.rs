@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dspex_bridge::pool::{
-    CheckoutOptions, Lease, PoolError, PoolEvent, PoolState, RequestOptions, Session,
+    CheckoutOptions, Lease, PoolConfig, PoolError, PoolEvent, PoolState, RequestOptions, Session,
 };
 use dspex_bridge::process::proc_stat;
-use dspex_bridge::{CallOptions, WorkerError};
+use dspex_bridge::{CallOptions, SpawnMode, WorkerError};
 use dspex_protocol::{Command, Value};
 use dspex_testkit::{TestPool, poll_until, wait_event};
 use dspex_tests::pool::{
@@ -536,7 +536,21 @@ async fn s18_crash_storm_under_load_never_fails_the_pool() {
 /// complete, well inside the 2 s grace), then stops its workers; all reaped.
 #[tokio::test(flavor = "multi_thread")]
 async fn s27_shutdown_lets_in_flight_requests_finish() {
-    let (pool, _) = start(TestPool::config()).await;
+    shutdown_lets_in_flight_requests_finish(SpawnMode::default()).await;
+}
+
+/// The same with directly spawned workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn s27_shutdown_lets_in_flight_requests_finish_direct() {
+    shutdown_lets_in_flight_requests_finish(SpawnMode::Direct).await;
+}
+
+async fn shutdown_lets_in_flight_requests_finish(spawn: SpawnMode) {
+    let (pool, _) = start(PoolConfig {
+        spawn,
+        ..TestPool::config()
+    })
+    .await;
     let in_flight: Vec<_> = (0..4)
         .map(|_| {
             let p = pool.pool().clone();

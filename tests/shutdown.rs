@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use dspex_bridge::SpawnMode;
 use dspex_bridge::pool::{PoolError, RequestOptions};
 use dspex_bridge::process::{Exit, StopGrace, proc_stat, tagged_processes};
 use dspex_bridge::worker::WorkerEvent;
@@ -73,11 +74,26 @@ fn alive(pid: u32) -> bool {
 /// reported as signal 9, requested.
 #[tokio::test(flavor = "multi_thread")]
 async fn s28_worker_ignoring_eof_and_sigterm_is_killed_after_the_grace() {
+    worker_ignoring_eof_and_sigterm_is_killed_after_the_grace(SpawnMode::default()).await;
+}
+
+/// The same with directly spawned workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn s28_worker_ignoring_eof_and_sigterm_is_killed_after_the_grace_direct() {
+    worker_ignoring_eof_and_sigterm_is_killed_after_the_grace(SpawnMode::Direct).await;
+}
+
+async fn worker_ignoring_eof_and_sigterm_is_killed_after_the_grace(spawn: SpawnMode) {
     let grace = StopGrace {
         after_eof: Duration::from_millis(300),
         after_term: Duration::from_millis(300),
     };
-    let (tree, _) = ready_tree(TestTree::builder().stop_grace(grace)).await;
+    let (tree, _) = ready_tree(
+        TestTree::builder()
+            .with(|c| c.spawn = spawn.clone())
+            .stop_grace(grace),
+    )
+    .await;
     let pid = tree.worker_pid().unwrap();
     let reply = tree.command("ignore_shutdown", json!({})).await.unwrap();
     assert_eq!(reply["ignoring"], json!(["SIGTERM", "EOF"]));
@@ -145,9 +161,19 @@ async fn graceful_stop_exits_0_on_eof() {
 /// pids, 0 restarts).
 #[tokio::test(flavor = "multi_thread")]
 async fn s24_eof_reaches_a_worker_while_its_siblings_run() {
-    let (a, _) = ready_tree(TestTree::builder()).await;
-    let (b, _) = ready_tree(TestTree::builder()).await;
-    let (c, _) = ready_tree(TestTree::builder()).await;
+    eof_reaches_a_worker_while_its_siblings_run(SpawnMode::default()).await;
+}
+
+/// The same with directly spawned workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn s24_eof_reaches_a_worker_while_its_siblings_run_direct() {
+    eof_reaches_a_worker_while_its_siblings_run(SpawnMode::Direct).await;
+}
+
+async fn eof_reaches_a_worker_while_its_siblings_run(spawn: SpawnMode) {
+    let (a, _) = ready_tree(TestTree::builder().with(|c| c.spawn = spawn.clone())).await;
+    let (b, _) = ready_tree(TestTree::builder().with(|c| c.spawn = spawn.clone())).await;
+    let (c, _) = ready_tree(TestTree::builder().with(|c| c.spawn = spawn.clone())).await;
     let a_worker = a.ready(BOOT).await.unwrap();
     let a_pid = a_worker.pid();
     let b_pid = b.worker_pid().unwrap();
@@ -210,7 +236,17 @@ async fn s24_eof_reaches_a_worker_while_its_siblings_run() {
 /// (its `Exited` event).
 #[tokio::test(flavor = "multi_thread")]
 async fn s29_grandchild_dies_with_its_worker() {
-    let (tree, _) = ready_tree(TestTree::builder()).await;
+    grandchild_dies_with_its_worker(SpawnMode::default()).await;
+}
+
+/// The same with directly spawned workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn s29_grandchild_dies_with_its_worker_direct() {
+    grandchild_dies_with_its_worker(SpawnMode::Direct).await;
+}
+
+async fn grandchild_dies_with_its_worker(spawn: SpawnMode) {
+    let (tree, _) = ready_tree(TestTree::builder().with(|c| c.spawn = spawn.clone())).await;
     let reply = tree
         .command("spawn_grandchild", json!({"seconds": 1000}))
         .await

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use dspex_bridge::SpawnMode;
 use dspex_bridge::pool::{PoolError, RequestOptions};
 use dspex_bridge::process::{Exit, proc_stat};
 use dspex_bridge::worker::WorkerEvent;
@@ -486,7 +487,22 @@ async fn s10_stdout_writes_do_not_corrupt_the_protocol() {
 /// beside the flood keep being answered, with no timeout.
 #[tokio::test(flavor = "multi_thread")]
 async fn s25_stderr_flood_is_drained_without_stalling() {
-    let (tree, _) = tree(TestTree::builder().request_timeout(Duration::from_secs(60))).await;
+    stderr_flood_is_drained_without_stalling(SpawnMode::default()).await;
+}
+
+/// The same with directly spawned workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn s25_stderr_flood_is_drained_without_stalling_direct() {
+    stderr_flood_is_drained_without_stalling(SpawnMode::Direct).await;
+}
+
+async fn stderr_flood_is_drained_without_stalling(spawn: SpawnMode) {
+    let (tree, _) = tree(
+        TestTree::builder()
+            .with(|c| c.spawn = spawn.clone())
+            .request_timeout(Duration::from_secs(60)),
+    )
+    .await;
     let pid = tree.worker_pid().unwrap();
     let flood = in_background(&tree, "spam_stderr", json!({"bytes": 100 << 20})).await;
     let mut answered = 0;

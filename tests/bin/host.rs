@@ -1,7 +1,8 @@
 //! A DSPex host process for the host-death tests (scenario 26).
 //!
-//! `dspex-test-host [TREES] [GRANDCHILDREN]` starts `TREES` single-mode
-//! pools (default 2) on the managed Python, with the fault commands on and DSPy
+//! `dspex-test-host [TREES] [GRANDCHILDREN] [zygote|direct]` starts `TREES`
+//! single-mode pools (default 2, workers forked from a zygote unless told
+//! `direct`) on the managed Python, with the fault commands on and DSPy
 //! imported lazily, waits until every worker is ready, makes the first
 //! `GRANDCHILDREN` workers (default 0) each spawn a `sleep` grandchild, then
 //! prints one JSON line on stdout —
@@ -12,6 +13,7 @@
 use std::io::Write as _;
 use std::time::Duration;
 
+use dspex_bridge::SpawnMode;
 use dspex_bridge::pool::{Pool, PoolConfig, RequestOptions};
 use dspex_protocol::Command;
 use serde_json::json;
@@ -21,6 +23,11 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let trees: usize = args.next().map_or(Ok(2), |a| a.parse())?;
     let grandchildren: usize = args.next().map_or(Ok(0), |a| a.parse())?;
+    let spawn = match args.next().as_deref() {
+        None | Some("zygote") => SpawnMode::default(),
+        Some("direct") => SpawnMode::Direct,
+        Some(other) => anyhow::bail!("unknown spawn mode {other:?}"),
+    };
     let python = tokio::task::spawn_blocking(dspex_testkit::managed_python).await??;
 
     let mut started = Vec::with_capacity(trees);
@@ -32,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
                 ("DSPEX_LAZY_DSPY".into(), "1".into()),
             ],
             sweep_orphans: false,
+            spawn: spawn.clone(),
             ..PoolConfig::default()
         }
         .single();

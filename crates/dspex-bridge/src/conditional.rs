@@ -316,6 +316,9 @@ impl ConditionalSupervisor {
             );
         }
         self.root.stop(stop_timeout).await;
+        if let Some(pool) = &self.pool {
+            pool.stop_spawner().await;
+        }
         self.pool
             .as_ref()
             .map_or(0, |pool| crate::context::kill_stragglers(pool.run_tag()))

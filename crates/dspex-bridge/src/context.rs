@@ -9,7 +9,10 @@ use dspex_supervision::{ChildSpec, StartError};
 use tokio::sync::broadcast;
 
 use crate::PythonEnv;
-use crate::process::{DirectSpawner, FdLedger, RunTag, SpawnStrategy, Watchdog, WorkerCommand};
+use crate::pool::SpawnMode;
+use crate::process::{
+    DirectSpawner, FdLedger, RunTag, SpawnStrategy, Watchdog, WorkerCommand, ZygoteSpawner,
+};
 use crate::worker::{WorkerConfig, WorkerEvent, WorkerHandle};
 
 /// What a tree is started with (the parts the single bridge and the pool
@@ -18,6 +21,7 @@ pub(crate) struct TreeSpec<'a> {
     pub(crate) name: &'a str,
     pub(crate) python: PythonEnv,
     pub(crate) spawner: Option<&'a Arc<dyn SpawnStrategy>>,
+    pub(crate) spawn: &'a SpawnMode,
     pub(crate) sweep_orphans: bool,
     pub(crate) worker: WorkerConfig,
     pub(crate) env: &'a [(OsString, OsString)],
@@ -64,10 +68,12 @@ impl TreeContext {
                 tracing::warn!(killed, "killed orphaned workers of dead hosts");
             }
         }
-        let spawner = match spec.spawner {
-            Some(spawner) => Arc::clone(spawner),
-            None => {
-                Arc::new(DirectSpawner::new(spec.name).map_err(|e| format!("spawner thread: {e}"))?)
+        let thread = |e: std::io::Error| format!("spawner thread: {e}");
+        let spawner: Arc<dyn SpawnStrategy> = match (spec.spawner, spec.spawn) {
+            (Some(spawner), _) => Arc::clone(spawner),
+            (None, SpawnMode::Direct) => Arc::new(DirectSpawner::new(spec.name).map_err(thread)?),
+            (None, SpawnMode::Zygote(options)) => {
+                Arc::new(ZygoteSpawner::new(spec.name, options.clone()).map_err(thread)?)
             }
         };
         let run_tag = RunTag::new();
@@ -100,6 +106,7 @@ impl TreeContext {
                 .collect(),
             run_tag: self.run_tag.clone(),
             fds: self.fds.clone(),
+            inherit_fds: Vec::new(),
         }
     }
 

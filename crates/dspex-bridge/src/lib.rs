@@ -26,7 +26,9 @@ pub use conditional::{
 };
 pub use env::{EnvError, InterpreterSource, PythonConfig, PythonEnv};
 pub use error::WorkerError;
-pub use pool::{Pool, PoolConfig, PoolError, PoolState, PoolStatus};
+pub use pool::{
+    DEFAULT_PER_WORKER_CONCURRENCY, Pool, PoolConfig, PoolError, PoolState, PoolStatus, SpawnMode,
+};
 pub use worker::{
     CallOptions, Callbacks, Hooks, OnHang, RequestEvent, WorkerConfig, WorkerEvent, WorkerHandle,
     WorkerInfo, WorkerState,

@@ -340,7 +340,7 @@ impl Tree {
                 window.record(now);
                 self.options.backoff.delay(recent)
             }
-            None => self.options.backoff.initial,
+            None => self.options.backoff.delay(0),
         };
 
         self.schedule(set, delay)

@@ -101,3 +101,24 @@ pub(crate) fn check_on_drop(tag: &RunTag, shutdown_and_check: impl Future<Output
         assert!(report.is_clean(), "leak check failed: {report:?}");
     }
 }
+
+/// The zygotes this process runs for the tree with `tag`: its children
+/// whose command line says `--mode zygote` (workers forked from a zygote
+/// keep that command line, but are the zygote's children, or orphans).
+pub fn zygote_pids(tag: &RunTag) -> Vec<u32> {
+    let me = std::process::id();
+    tagged_processes(tag)
+        .into_iter()
+        .filter(|&pid| says_zygote(pid) && proc_stat(pid).is_some_and(|stat| stat.ppid == me))
+        .collect()
+}
+
+fn says_zygote(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|&b| b == 0)
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] == b"--mode" && w[1] == b"zygote")
+    })
+}

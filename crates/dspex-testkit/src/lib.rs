@@ -29,7 +29,7 @@ mod lm_server;
 mod pool;
 mod wait;
 
-pub use leak::{LeakReport, check as check_leaks, fd_count, zombie_children};
+pub use leak::{LeakReport, check as check_leaks, fd_count, zombie_children, zygote_pids};
 pub use lm_server::LmServer;
 pub use pool::{TestPool, TestPoolBuilder, TestTree, managed_python, managed_python_for};
 pub use wait::{poll_until, wait_event};

@@ -90,8 +90,9 @@ impl TestTree {
 }
 
 /// Builds a [`TestPool`]. Defaults: the reliability contract's config under
-/// test (4 workers — 1 for [`TestTree::builder`] — 3 restarts in 5 s,
-/// backoff 100 ms ×2, checkout timeout 5 s), fault commands on, DSPy
+/// test (4 workers — 1 for [`TestTree::builder`] — one request per worker
+/// at a time, 3 restarts in 5 s, backoff 100 ms ×2 for repeats, checkout
+/// timeout 5 s), fault commands on, DSPy
 /// imported lazily, health checks off (tests that want them turn them on).
 #[derive(Debug, Clone)]
 pub struct TestPoolBuilder {
@@ -262,6 +263,9 @@ impl TestPool {
             env: test_worker_env(),
             // Other pools' workers are live, not orphans: never sweep here.
             sweep_orphans: false,
+            // The contract's scenarios count a worker busy with one request
+            // (tests of concurrency set their own).
+            per_worker_concurrency: 1,
             ..PoolConfig::default()
         };
         config.health = HealthConfig {

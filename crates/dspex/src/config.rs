@@ -37,6 +37,8 @@
 //! [python]
 //! project = "py/"           # the service's own DSPy code (relative to this file);
 //!                           # its requirements.txt is installed as a layer
+//! spawn = "zygote"          # zygote (fork workers from one import) | direct
+//! preload = ["myapp.rag"]   # project modules the zygote imports before forking
 //!
 //! [lm]
 //! model = "openai/gpt-4o-mini"
@@ -48,7 +50,8 @@ use std::time::Duration;
 
 use dspex_bridge::health::HealthConfig;
 use dspex_bridge::pool::{PoolConfig, RecyclePolicy, RevivePolicy};
-use dspex_bridge::{PythonConfig, TreeConfig, WorkerConfig};
+use dspex_bridge::process::ZygoteOptions;
+use dspex_bridge::{PythonConfig, SpawnMode, TreeConfig, WorkerConfig};
 use dspex_protocol::{LmConfig, Secret};
 use dspex_supervision::{Backoff, RestartIntensity};
 use serde::{Deserialize, Serialize};
@@ -287,6 +290,23 @@ pub struct PythonSettings {
     /// if any, is installed into a layer of the managed environment keyed by
     /// its hash. In a file, a relative path is relative to the file.
     pub project: Option<PathBuf>,
+    /// How workers are started.
+    pub spawn: SpawnSetting,
+    /// Modules of the project the zygote imports before it forks workers
+    /// (DSPy and litellm always are), so that workers start with them.
+    pub preload: Vec<String>,
+}
+
+/// How workers are started (`[python] spawn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpawnSetting {
+    /// Forked from a zygote that imported DSPy once (milliseconds per
+    /// worker); direct spawning takes over whenever the zygote cannot serve.
+    #[default]
+    Zygote,
+    /// Each worker is its own interpreter and imports DSPy itself.
+    Direct,
 }
 
 /// The whole configuration. See the module docs for the file form.
@@ -350,7 +370,7 @@ impl Default for Config {
             mode: ModeSetting::default(),
             pool_size: 4,
             max_overflow: 0,
-            per_worker_concurrency: 1,
+            per_worker_concurrency: dspex_bridge::DEFAULT_PER_WORKER_CONCURRENCY,
             max_queue: None,
             checkout_timeout_ms: 5_000,
             request_timeout_ms: 30_000,
@@ -419,7 +439,7 @@ impl Config {
     }
 
     /// Applies the `DSPEX_*` variables found by `var` over this config:
-    /// `DSPEX_ADAPTER`, `DSPEX_MODE`, `DSPEX_POOL_SIZE`, `DSPEX_MAX_OVERFLOW`,
+    /// `DSPEX_ADAPTER`, `DSPEX_MODE`, `DSPEX_SPAWN`, `DSPEX_POOL_SIZE`, `DSPEX_MAX_OVERFLOW`,
     /// `DSPEX_MAX_QUEUE`, `DSPEX_CHECKOUT_TIMEOUT_MS`,
     /// `DSPEX_REQUEST_TIMEOUT_MS`, `DSPEX_LM` (model), `DSPEX_LM_API_KEY`,
     /// `DSPEX_LM_API_BASE`. (`DSPEX_PYTHON` and `DSPEX_CACHE_DIR` are read
@@ -445,6 +465,9 @@ impl Config {
         }
         if let Some(v) = var("DSPEX_MODE") {
             self.mode = word("DSPEX_MODE", &v)?;
+        }
+        if let Some(v) = var("DSPEX_SPAWN") {
+            self.python.spawn = word("DSPEX_SPAWN", &v)?;
         }
         if let Some(v) = var("DSPEX_POOL_SIZE") {
             self.pool_size = parse("DSPEX_POOL_SIZE", &v)?;
@@ -677,6 +700,13 @@ impl Config {
                 .iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            spawn: match self.python.spawn {
+                SpawnSetting::Zygote => SpawnMode::Zygote(ZygoteOptions {
+                    preload: self.python.preload.clone(),
+                    ..ZygoteOptions::default()
+                }),
+                SpawnSetting::Direct => SpawnMode::Direct,
+            },
             ..PoolConfig::default()
         }
     }

@@ -272,6 +272,12 @@ impl DspexBuilder {
         self
     }
 
+    /// How workers are started (default [`crate::SpawnSetting::Zygote`]).
+    pub fn spawn(mut self, setting: crate::SpawnSetting) -> Self {
+        self.config.python.spawn = setting;
+        self
+    }
+
     /// Adds an environment variable for the workers.
     pub fn worker_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.worker_env.push((key.into(), value.into()));

@@ -57,7 +57,7 @@ pub use compile::{
     Auto, DEFAULT_JOB_TIMEOUT, EvaluateOptions, Evaluation, OptimizeOptions, Optimized, Optimizer,
     Outcome, SavedProgram,
 };
-pub use config::{AdapterKind, Config, ModeSetting};
+pub use config::{AdapterKind, Config, ModeSetting, SpawnSetting};
 pub use dataset::{Dataset, Example};
 pub use dspex_bridge as bridge;
 pub use dspex_protocol as protocol;

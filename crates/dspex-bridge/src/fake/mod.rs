@@ -578,6 +578,7 @@ mod tests {
             env: vec![],
             run_tag: RunTag::new(),
             fds: crate::process::FdLedger::default(),
+            inherit_fds: vec![],
         }
     }
 

@@ -71,7 +71,7 @@ pub use status::{PoolCounters, PoolEvent, PoolState, PoolStatus, SlotPhase, Slot
 
 use crate::context::{TreeContext, TreeSpec, kill_stragglers};
 use crate::health::{HealthConfig, HealthMonitor, HealthStatus};
-use crate::process::{FdLedger, RunTag, SpawnStrategy};
+use crate::process::{FdLedger, RunTag, SpawnStrategy, StopGrace, ZygoteOptions};
 use crate::worker::{CallOptions, Hooks, WorkerConfig, WorkerEvent, WorkerHandle};
 use crate::{EnvError, PythonConfig, PythonEnv, WorkerError};
 use actor::{Inner, PoolActor, PoolArgs, SessionRequest, Waiter};
@@ -120,8 +120,34 @@ pub struct PoolConfig {
     pub args: Vec<OsString>,
     /// Kill tagged workers of dead hosts at start.
     pub sweep_orphans: bool,
-    /// How workers are created (default: a [`DirectSpawner`](crate::process::DirectSpawner) per pool).
+    /// How the pool creates its workers, unless `spawner` is given
+    /// (default: forked from a zygote).
+    pub spawn: SpawnMode,
+    /// A spawn strategy of the caller's own; overrides `spawn`.
     pub spawner: Option<Arc<dyn SpawnStrategy>>,
+}
+
+/// Requests one worker serves at once by default. LM-bound work spends
+/// nearly all its time waiting on the LM, so one process overlaps many
+/// requests; CPU is the limit long before eight (see the README).
+pub const DEFAULT_PER_WORKER_CONCURRENCY: usize = 8;
+
+/// How a tree creates its worker processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpawnMode {
+    /// Fork workers from a zygote that imported DSPy once
+    /// ([`ZygoteSpawner`](crate::process::ZygoteSpawner)); direct spawning
+    /// takes over whenever the zygote cannot serve.
+    Zygote(ZygoteOptions),
+    /// Start every worker as its own interpreter
+    /// ([`DirectSpawner`](crate::process::DirectSpawner)).
+    Direct,
+}
+
+impl Default for SpawnMode {
+    fn default() -> Self {
+        Self::Zygote(ZygoteOptions::default())
+    }
 }
 
 impl Default for PoolConfig {
@@ -133,7 +159,7 @@ impl Default for PoolConfig {
             size: 4,
             max_overflow: 0,
             lazy: false,
-            per_worker_concurrency: 1,
+            per_worker_concurrency: DEFAULT_PER_WORKER_CONCURRENCY,
             checkout_timeout: Duration::from_secs(5),
             max_queue: None,
             intensity: RestartIntensity::default(),
@@ -145,6 +171,7 @@ impl Default for PoolConfig {
             env: Vec::new(),
             args: Vec::new(),
             sweep_orphans: true,
+            spawn: SpawnMode::default(),
             spawner: None,
         }
     }
@@ -419,6 +446,8 @@ struct PoolInner {
     supervisor: SupervisorHandle,
     run_tag: RunTag,
     fds: FdLedger,
+    spawner: Arc<dyn SpawnStrategy>,
+    stop_grace: StopGrace,
     checkout_timeout: Duration,
     request_timeout: Duration,
     tickets: AtomicU64,
@@ -461,15 +490,24 @@ impl Pool {
         if config.size == 0 {
             return Err(PoolError::Start("a pool needs at least one worker".into()));
         }
+        // The worker's thread pool serves exactly the leases it is given.
+        let args: Vec<OsString> = [
+            OsString::from("--max-concurrency"),
+            config.per_worker_concurrency.max(1).to_string().into(),
+        ]
+        .into_iter()
+        .chain(config.args.iter().cloned())
+        .collect();
         let ctx = Arc::new(
             TreeContext::start(TreeSpec {
                 name: &config.name,
                 python,
                 spawner: config.spawner.as_ref(),
+                spawn: &config.spawn,
                 sweep_orphans: config.sweep_orphans,
                 worker: config.worker,
                 env: &config.env,
-                args: &config.args,
+                args: &args,
                 event_capacity: 4096,
             })
             .map_err(PoolError::Start)?,
@@ -558,6 +596,8 @@ impl Pool {
                 supervisor,
                 run_tag: ctx.run_tag.clone(),
                 fds: ctx.fds.clone(),
+                spawner: Arc::clone(&ctx.spawner),
+                stop_grace: ctx.worker.stop_grace,
                 checkout_timeout: config.checkout_timeout,
                 request_timeout: config.worker.request_timeout,
                 tickets: AtomicU64::new(1),
@@ -959,7 +999,17 @@ impl Pool {
             );
         }
         self.inner.supervisor.stop(stop_timeout).await;
+        self.stop_spawner().await;
         kill_stragglers(&self.inner.run_tag)
+    }
+
+    /// Stops what the spawn strategy runs besides the workers (the zygote),
+    /// once the workers have stopped.
+    ///
+    /// # Cancel safety
+    /// A dropped stop leaves the rest to the strategy's drop.
+    pub(crate) async fn stop_spawner(&self) {
+        self.inner.spawner.shutdown(self.inner.stop_grace).await;
     }
 }
 

@@ -31,9 +31,11 @@ mod spawner;
 mod stderr;
 mod tag;
 mod watchdog;
+mod zygote;
 
 use std::ffi::OsString;
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,7 @@ pub use owner::WorkerProcess;
 pub use spawner::DirectSpawner;
 pub use stderr::{STDERR_TAIL_BYTES, StderrTail};
 pub use watchdog::Watchdog;
+pub use zygote::{ZYGOTE_FD_ENV, ZYGOTE_PRELOAD_ENV, ZygoteOptions, ZygoteSpawner};
 
 pub use tag::{
     ProcStat, RUN_TAG_ENV, RunTag, kill_process, proc_stat, sweep_orphans, tagged_processes,
@@ -104,6 +107,9 @@ pub struct WorkerCommand {
     pub run_tag: RunTag,
     /// Where the spawner records the pipes it opens to the worker.
     pub fds: FdLedger,
+    /// Descriptors the process inherits under their own numbers (all
+    /// others are close-on-exec); the zygote's control socket.
+    pub inherit_fds: Vec<Arc<OwnedFd>>,
 }
 
 /// Why a process could not be started.
@@ -194,6 +200,16 @@ pub trait SpawnStrategy: Send + Sync + fmt::Debug + 'static {
     /// Implementations must not leak a process when the future is dropped:
     /// a process created for a dropped call is killed and reaped.
     fn spawn(&self, command: WorkerCommand) -> BoxFuture<'static, Result<Spawned, SpawnError>>;
+
+    /// Stops what the strategy runs besides the workers (a zygote), once
+    /// the tree's workers have stopped. The default has nothing to stop.
+    ///
+    /// # Cancel safety
+    /// A dropped shutdown leaves the rest to the strategy's drop.
+    fn shutdown(&self, grace: StopGrace) -> BoxFuture<'static, ()> {
+        let _ = grace;
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Grace periods of the escalating stop.

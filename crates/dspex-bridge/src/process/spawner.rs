@@ -104,6 +104,11 @@ impl SpawnStrategy for DirectSpawner {
 
 fn spawn_child(command: &WorkerCommand) -> Result<Spawned, SpawnError> {
     let parent = std::process::id();
+    let inherit: Vec<libc::c_int> = command
+        .inherit_fds
+        .iter()
+        .map(|fd| fd.as_raw_fd())
+        .collect();
     let mut cmd = Command::new(&command.interpreter);
     cmd.arg("-m")
         .arg("dspex_bridge")
@@ -123,7 +128,7 @@ fn spawn_child(command: &WorkerCommand) -> Result<Spawned, SpawnError> {
         .process_group(0)
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (prctl, getppid); it allocates nothing.
+    // async-signal-safe functions (prctl, getppid, fcntl); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -133,6 +138,12 @@ fn spawn_child(command: &WorkerCommand) -> Result<Spawned, SpawnError> {
             // would ever send the signal, so leave now.
             if libc::getppid() != parent as libc::pid_t {
                 libc::_exit(1);
+            }
+            // Only the child's copies lose close-on-exec.
+            for &fd in &inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
