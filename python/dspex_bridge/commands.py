@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -717,6 +718,8 @@ def get_stats(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "lm": model,
         "named_lms": len(state.named_lms),
         "dspy_loaded": ctx.server.dspy_loaded(),
+        # Imported in this process, by anyone (a zygote's child inherits the zygote's).
+        "modules": {name: name in sys.modules for name in ("dspy", "litellm")},
         "max_concurrency": ctx.server.max_concurrency,
         "threads": threading.active_count(),
         "callbacks": state.callbacks.snapshot() if state.callbacks is not None else None,

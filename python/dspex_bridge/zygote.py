@@ -2,16 +2,20 @@
 
 The host (``crates/dspex-bridge/src/process/zygote.rs``) starts the zygote with an
 ``AF_UNIX`` ``SOCK_SEQPACKET`` control socket on the inherited fd named by
-``DSPEX_ZYGOTE_FD``. The zygote imports DSPy, litellm, every ``dspex_bridge`` module a worker
-uses (and what those import lazily), and the modules listed in ``DSPEX_ZYGOTE_PRELOAD``, runs
-``gc.freeze()``, and says so. Then, for each ``spawn`` request (with the worker's stdin,
+``DSPEX_ZYGOTE_FD``. The zygote imports what a direct worker imports before its handshake
+(DSPy, unless ``DSPEX_LAZY_DSPY=1``, and every ``dspex_bridge`` module) and the modules listed
+in ``DSPEX_ZYGOTE_PRELOAD``, runs ``gc.freeze()``, and says so. Later, while it is idle (no
+control message for 300 ms), it imports what a worker imports only on first use (litellm,
+optuna, ...) one module at a time, so workers forked after that inherit them too. For each
+``spawn`` request (with the worker's stdin,
 stdout and stderr attached as ``SCM_RIGHTS``), it forks a child that becomes a worker
 (``server.main``) on those descriptors, and answers with the child's pid and a pidfd of it.
 It reaps its children and reports each exit.
 
 Messages are one JSON object (UTF-8, at most 64 KiB) per packet:
 
-- zygote → host, once: ``{"ready": {"pid", "python", "dspy", "import_ms", "preloaded"}}`` or
+- zygote → host, once: ``{"ready": {"pid", "python", "dspy", "import_ms", "preloaded",
+  "deferred"}}`` or
   ``{"refused": {"reason"}}`` (then exit 3);
 - host → zygote: ``{"spawn": {"id", "worker_id", "argv", "env"}}`` with exactly 3 fds;
 - zygote → host: ``{"spawned": {"id", "pid"}}`` with 1 fd (the pidfd) or
@@ -24,12 +28,14 @@ exits 0. It never signals its children: a worker ends on its own stdin's EOF.
 
 The main loop is single-threaded (forking with a thread alive is refused): SIGCHLD, SIGTERM
 and SIGINT only wake it through ``signal.set_wakeup_fd``, and ``select.poll`` waits on the
-control socket, the wakeup pipe and stdin.
+control socket, the wakeup pipe and stdin; with deferred imports left, its timeout is the
+end of the idle wait, and a timeout with nothing readable imports the next one.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import errno
 import fcntl
@@ -37,6 +43,7 @@ import gc
 import importlib
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -69,11 +76,16 @@ SEND_TIMEOUT_S = 10.0
 # Reaping does not depend on it (SIGCHLD wakes the loop); it only bounds a lost wake-up.
 POLL_MS = 5000
 
-# Imported before the first fork, so a worker needs no import of its own: DSPy and litellm,
-# then every module of the worker, then what those import inside functions.
-REQUIRED_MODULES: tuple[str, ...] = (
-    "dspy",
-    "litellm",
+LAZY_ENV = "DSPEX_LAZY_DSPY"
+# Phase 1, before ``ready``: what a direct worker imports before its handshake, so a forked
+# worker is one at its handshake. DSPy (unless the zygote's environment has
+# ``DSPEX_LAZY_DSPY=1``: its workers import DSPy on first use, and so does a forked one), then
+# every module of the worker (those that import DSPy at module level only without lazy DSPy),
+# then the ``DSPEX_ZYGOTE_PRELOAD`` modules.
+DSPY_MODULE = "dspy"
+# Modules of the worker that import DSPy at module level (the worker imports them lazily).
+BRIDGE_MODULES_WITH_DSPY: frozenset[str] = frozenset({"dspex_bridge.deadline_lm"})
+BRIDGE_MODULES: tuple[str, ...] = (
     "dspex_bridge.protocol",
     "dspex_bridge.logs",
     "dspex_bridge.errors",
@@ -93,8 +105,11 @@ REQUIRED_MODULES: tuple[str, ...] = (
     "dspex_bridge.faults",
     "dspex_bridge.server",
 )
-# Imported lazily by the worker's handlers; skipped (and logged) when missing.
-OPTIONAL_MODULES: tuple[str, ...] = (
+# Phase 2, after ``ready`` and only while the zygote is idle (DSPy mode only): what a worker
+# imports on first use (litellm alone costs ~3 s). Those already imported by phase 1 (DSPy
+# 3.4 imports most of them itself) are not planned; children forked later inherit the rest.
+DEFERRED_MODULES: tuple[str, ...] = (
+    "litellm",  # dspy.LM's first call
     "dspy.utils.saving",
     "dspy.utils.exceptions",
     "dspy.utils.callback",
@@ -104,11 +119,14 @@ OPTIONAL_MODULES: tuple[str, ...] = (
     "dspy.streaming",
     "dspy.lm15",
     "dspy.dsp.utils.settings",
-    "anyio.to_thread",
+    "anyio.to_thread",  # streaming
     "tqdm",
     "optuna",  # MIPROv2
     "gepa",  # GEPA
 )
+# Deferred imports wait for this long without a control message (the pool's first burst of
+# spawn requests right after ``ready`` is served first).
+IDLE_BEFORE_DEFERRED_S = 0.3
 # numpy's bundled OpenBLAS starts a thread pool (one thread per extra core) when it is
 # imported, which would make every fork unsafe; unless the environment says otherwise the
 # zygote asks for none. A forked worker's environment does not keep the setting, but its BLAS
@@ -196,30 +214,28 @@ def _clip(text: str, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def preload(extra: list[str]) -> list[str]:
-    """Import everything a worker needs; the names imported, in order (``Refused`` if not)."""
+def preload(extra: list[str], *, lazy_dspy: bool) -> list[str]:
+    """Phase 1: the names imported, in order (``Refused`` if one fails)."""
     from . import fail_import_hook
 
     preloaded: list[str] = []
+    if lazy_dspy:
+        required = [name for name in BRIDGE_MODULES if name not in BRIDGE_MODULES_WITH_DSPY]
+    else:
+        required = [DSPY_MODULE, *BRIDGE_MODULES]
     try:
-        # A worker "whose environment is broken" (the test hook) cannot import DSPy here either.
+        # A worker "whose environment is broken" (the test hook) cannot start here either.
         fail_import_hook()
-        for name in REQUIRED_MODULES:
+        for name in required:
             importlib.import_module(name)
             preloaded.append(name)
     except ImportError as exc:
         raise Refused(_describe(exc)) from exc
     from .logs import adopt_dspy_logging, quiet_progress_bars
 
-    adopt_dspy_logging()
+    if not lazy_dspy:
+        adopt_dspy_logging()
     quiet_progress_bars()
-    for name in OPTIONAL_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            log.info("not preloading %s: %s", name, _describe(exc))
-            continue
-        preloaded.append(name)
     for name in extra:
         try:
             importlib.import_module(name)
@@ -228,6 +244,13 @@ def preload(extra: list[str]) -> list[str]:
             raise Refused(_describe(exc)) from exc
         preloaded.append(name)
     return preloaded
+
+
+def deferred_plan(lazy_dspy: bool) -> list[str]:
+    """Phase 2: the deferred modules not imported yet (none with lazy DSPy)."""
+    if lazy_dspy:
+        return []
+    return [name for name in DEFERRED_MODULES if name not in sys.modules]
 
 
 def preload_list(raw: str | None) -> list[str]:
@@ -337,6 +360,7 @@ class Zygote:
         worker_dispositions: dict[signal.Signals, Handler],
         project_dir: str | None,
         added_env: list[str],
+        deferred: Iterable[str] = (),
     ) -> None:
         self.control: socket.socket | None = control
         self.worker_dispositions = worker_dispositions
@@ -350,6 +374,14 @@ class Zygote:
         for fd in (self.wake_r, self.wake_w):
             os.set_blocking(fd, False)
         self.poller = select.poll()
+        self.deferred: collections.deque[str] = collections.deque(deferred)
+        self.deferred_imported: list[str] = []
+        self.deferred_skipped: list[str] = []
+        self.deferred_ms = 0.0
+        self.last_control = time.monotonic()
+        # Set for good when a deferred import left a thread behind: every spawn is an error.
+        self.unsafe: str | None = None
+        self.importing = False
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -359,6 +391,14 @@ class Zygote:
 
         def on_stop(signum: int, frame: FrameType | None) -> None:
             self.stop_signal = signal.Signals(signum).name
+            if self.importing and not self.children:
+                # A deferred import can take seconds (and may swallow any exception raised
+                # into it); with nobody left to reap or report, stop here.
+                self.stop(f"received {self.stop_signal} during a deferred import")
+                log.info("no workers left; exiting")
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                os._exit(0)
 
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, on_child)
@@ -414,6 +454,7 @@ class Zygote:
             log.warning("control socket lost while reading (%s)", _describe(exc))
             self.drop_control()
             return
+        self.last_control = time.monotonic()
         if not data and not fds:
             self.drop_control()
             return
@@ -440,6 +481,8 @@ class Zygote:
                 )
             if not self.accepting:
                 raise BadRequest("the zygote is stopping")
+            if self.unsafe is not None:
+                raise BadRequest(self.unsafe)
             unsafe = threads_alive("in the zygote")
             if unsafe is not None:
                 raise BadRequest(unsafe)
@@ -590,6 +633,56 @@ class Zygote:
         self.stdin_open = False
         self.stop("end of input on stdin")
 
+    # -- deferred preloading ----------------------------------------------------------------
+
+    def poll_timeout_ms(self) -> int:
+        """How long the loop may wait: until the zygote counts as idle while imports remain."""
+        if not self.deferred or not self.accepting:
+            return POLL_MS
+        left = self.last_control + IDLE_BEFORE_DEFERRED_S - time.monotonic()
+        return max(0, min(POLL_MS, math.ceil(left * 1000)))
+
+    def idle(self) -> bool:
+        return time.monotonic() - self.last_control >= IDLE_BEFORE_DEFERRED_S
+
+    def import_deferred(self) -> None:
+        """Import the next deferred module (a failure is logged and the module skipped)."""
+        self.importing = True  # before the log line: a test waits for it, then signals
+        if not self.deferred_imported and not self.deferred_skipped:
+            log.info("deferred preload starting: %s", ", ".join(self.deferred))
+        name = self.deferred.popleft()
+        started = time.perf_counter()
+        try:
+            try:
+                importlib.import_module(name)
+            finally:
+                self.importing = False
+        except Exception as exc:  # noqa: BLE001 - a deferred module is never a refusal
+            log.warning("deferred preload of %s failed; skipped: %s", name, _describe(exc))
+            self.deferred_skipped.append(name)
+        else:
+            self.deferred_imported.append(name)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.deferred_ms += elapsed_ms
+        log.debug("deferred preload of %s: %.0f ms", name, elapsed_ms)
+        unsafe = threads_alive(f"after the deferred import of {name}")
+        if unsafe is not None:
+            self.deferred.clear()
+            self.unsafe = _clip(unsafe)
+            log.error("%s; every spawn request is an error from now on", unsafe)
+            return
+        if not self.deferred:
+            gc.collect()
+            gc.freeze()
+            skipped = self.deferred_skipped
+            skipped_text = f"; skipped: {', '.join(skipped)}" if skipped else ""
+            log.info(
+                "deferred preload done in %.0f ms: %s%s",
+                self.deferred_ms,
+                ", ".join(self.deferred_imported) or "nothing",
+                skipped_text,
+            )
+
     # -- the loop --------------------------------------------------------------------------
 
     def serve(self) -> int:
@@ -598,6 +691,7 @@ class Zygote:
         self.poller.register(self.control.fileno(), flags)
         self.poller.register(self.wake_r, flags)
         self.poller.register(0, flags)
+        self.last_control = time.monotonic()  # ``ready`` starts the first idle wait
         while True:
             self.reap()
             if self.stop_signal is not None:
@@ -606,7 +700,12 @@ class Zygote:
             if not self.accepting and not self.children:
                 log.info("no workers left; exiting")
                 return 0
-            for fd, events in self.poller.poll(POLL_MS):
+            if not self.accepting:
+                self.deferred.clear()  # no more forks: nothing would inherit them
+            polled = self.poller.poll(self.poll_timeout_ms())
+            if not polled and self.deferred and self.accepting and self.idle():
+                self.import_deferred()  # nothing pending: the socket was not readable
+            for fd, events in polled:
                 control = self.control
                 if fd == self.wake_r:
                     self.drain_wakeup()
@@ -662,8 +761,9 @@ def main(argv: list[str]) -> NoReturn:
     added_env = [name for name in THREAD_POOL_ENV if name not in os.environ]
     for name in added_env:
         os.environ[name] = THREAD_POOL_ENV[name]
+    lazy_dspy = os.environ.get(LAZY_ENV) == "1"
     try:
-        preloaded = preload(preload_list(os.environ.get(PRELOAD_ENV)))
+        preloaded = preload(preload_list(os.environ.get(PRELOAD_ENV)), lazy_dspy=lazy_dspy)
         unsafe = threads_alive("after preloading")
         if unsafe is not None:
             raise Refused(unsafe)
@@ -678,9 +778,16 @@ def main(argv: list[str]) -> NoReturn:
     gc.freeze()
     from .server import dspy_version
 
-    zygote = Zygote(control, dispositions, project_dir, added_env)
+    deferred = deferred_plan(lazy_dspy)
+    zygote = Zygote(control, dispositions, project_dir, added_env, deferred)
     zygote.install_signals()
-    log.info("ready in %.0f ms (%d modules preloaded)", import_ms, len(preloaded))
+    log.info(
+        "ready in %.0f ms (%d modules preloaded%s; deferred: %s)",
+        import_ms,
+        len(preloaded),
+        ", DSPy lazy" if lazy_dspy else "",
+        ", ".join(deferred) or "none",
+    )
     zygote.send(
         {
             "ready": {
@@ -689,6 +796,7 @@ def main(argv: list[str]) -> NoReturn:
                 "dspy": dspy_version(),
                 "import_ms": round(import_ms, 3),
                 "preloaded": preloaded,
+                "deferred": deferred,
             }
         }
     )

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from dspex_bridge import zygote as zygote_mod
+
 from .conftest import PYTHON_DIR, Worker, qa_signature, worker_env
 
 BOOT_TIMEOUT = 90.0  # importing DSPy, on a loaded machine
@@ -326,17 +328,23 @@ def _ppid(pid: int) -> int:
 
 def test_ready_message(zygote: Zygote) -> None:
     ready = zygote.ready
-    assert set(ready) == {"pid", "python", "dspy", "import_ms", "preloaded"}
+    assert set(ready) == {"pid", "python", "dspy", "import_ms", "preloaded", "deferred"}
     assert ready["pid"] == zygote.proc.pid
     assert ready["python"] == platform.python_version()
     assert ready["dspy"] == "3.4.1"
     assert isinstance(ready["import_ms"], float)
     assert ready["import_ms"] > 0
     preloaded = ready["preloaded"]
-    assert preloaded[:2] == ["dspy", "litellm"]
+    assert preloaded[0] == "dspy"
     for name in ("dspex_bridge.server", "dspex_bridge.optimization", "zygpkg.rand"):
         assert name in preloaded
     assert preloaded[-1] == "zygpkg.rand"
+    # What a direct worker imports only on first use comes after ready, in the planned order.
+    deferred = ready["deferred"]
+    assert deferred[0] == "litellm"
+    assert "optuna" in deferred
+    assert "litellm" not in preloaded
+    assert deferred == [name for name in zygote_mod.DEFERRED_MODULES if name in deferred]
     # numpy (imported by zygpkg.rand) starts no BLAS threads in the zygote.
     assert len(_tasks(zygote.proc.pid)) == 1
     zygote.wait_stderr("dspex[zyg-t pid=")
@@ -490,3 +498,108 @@ def test_sigterm_without_workers_exits_zero(zygotes: Callable[..., Zygote]) -> N
     zygote.proc.send_signal(signal.SIGTERM)
     assert zygote.proc.wait(TIMEOUT) == 0
     zygote.wait_stderr("received SIGTERM: no more forks")
+
+
+def test_deferred_modules_reach_workers_forked_once_the_zygote_was_idle(zygote: Zygote) -> None:
+    assert "litellm" in zygote.ready["deferred"]
+    line = zygote.wait_stderr("deferred preload done in ", BOOT_TIMEOUT)
+    assert ": litellm, " in line, line
+    worker = zygote.fork("zw-deferred")
+    stats = worker.call("get_stats")
+    assert stats["modules"] == {"dspy": True, "litellm": True}
+    assert len(_tasks(zygote.proc.pid)) == 1  # the deferred imports started no thread
+
+
+def test_a_spawn_right_after_ready_is_served_before_the_deferred_imports(
+    zygotes: Callable[..., Zygote],
+) -> None:
+    zygote = zygotes()
+    assert "litellm" in zygote.first()["ready"]["deferred"]
+    # A pool's first burst, sent at once (each request restarts the zygote's 300 ms idle
+    # wait); the handshakes come after.
+    workers = [zygote.fork(f"zw-burst-{i}", handshake=False) for i in range(3)]
+    for worker in workers:
+        worker.ready = worker.handshake(TIMEOUT)
+        assert worker.ready["worker_id"].startswith("zw-burst-")
+        assert worker.call("get_stats")["modules"] == {"dspy": True, "litellm": False}
+    assert not [line for line in zygote.stderr_lines if "deferred preload done" in line]
+    zygote.wait_stderr("deferred preload done in ", BOOT_TIMEOUT)
+    late = zygote.fork("zw-after-burst")
+    assert late.call("get_stats")["modules"]["litellm"] is True
+    assert workers[0].call("ping")["worker_id"] == "zw-burst-0"
+
+
+def test_lazy_dspy_zygote_imports_no_dspy_and_its_workers_import_it_on_demand(
+    zygotes: Callable[..., Zygote],
+) -> None:
+    zygote = zygotes({"DSPEX_LAZY_DSPY": "1"})
+    ready = zygote.first()["ready"]
+    assert ready["dspy"] == "3.4.1"  # read from the package's metadata, not imported
+    preloaded = ready["preloaded"]
+    assert "dspy" not in preloaded
+    assert "dspex_bridge.server" in preloaded
+    assert "dspex_bridge.deadline_lm" not in preloaded  # it imports DSPy at module level
+    assert ready["deferred"] == []
+    zygote.wait_stderr("DSPy lazy; deferred: none")
+    worker = zygote.fork("zw-lazy")
+    assert worker.call("ping")["worker_id"] == "zw-lazy"
+    stats = worker.call("get_stats")
+    assert stats["modules"] == {"dspy": False, "litellm": False}
+    assert stats["dspy_loaded"] is False
+    assert worker.call("configure_lm", {"model": "dummy"})["status"] == "configured"
+    stats = worker.call("get_stats")
+    assert stats["modules"]["dspy"] is True
+    assert stats["dspy_loaded"] is True
+    # The zygote itself stays without DSPy: the next child starts as lazy as the first.
+    assert zygote.fork("zw-lazy-2").call("get_stats")["modules"]["dspy"] is False
+
+
+def test_deferred_import_failures_are_skipped_and_a_thread_stops_forking(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process: the zygote's deferred step on its own (this process has threads of its
+    own, so the thread census is the test's)."""
+    host, control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    census = iter([None, None, "2 threads alive after the deferred import of x (MainThread, t)"])
+    monkeypatch.setattr(zygote_mod, "threads_alive", lambda when: next(census))
+    zyg = zygote_mod.Zygote(control, {}, None, [], ["dspex_no_such_module_zz", "json", "csv"])
+    try:
+        zyg.last_control -= zygote_mod.IDLE_BEFORE_DEFERRED_S
+        assert zyg.idle()
+        assert zyg.poll_timeout_ms() == 0
+        with caplog.at_level("INFO", logger="dspex_bridge.zygote"):
+            zyg.import_deferred()
+            assert zyg.deferred_skipped == ["dspex_no_such_module_zz"]
+            assert "deferred preload of dspex_no_such_module_zz failed" in caplog.text
+            zyg.import_deferred()
+            assert zyg.deferred_imported == ["json"]
+            zyg.import_deferred()  # the census now sees a thread
+        assert zyg.unsafe is not None
+        assert not zyg.deferred
+        assert zyg.poll_timeout_ms() == zygote_mod.POLL_MS
+        assert "every spawn request is an error from now on" in caplog.text
+        pipes = [os.pipe() for _ in range(3)]
+        fds = [pipes[0][0], pipes[1][1], pipes[2][1]]
+        message = {"spawn": {"id": 7, "worker_id": "w", "argv": [], "env": {}}}
+        zyg.on_message(json.dumps(message).encode(), fds, 0)
+        reply = json.loads(host.recv(65536))
+        assert reply == {"error": {"id": 7, "message": zyg.unsafe}}
+        assert "(MainThread, t)" in reply["error"]["message"]
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    finally:
+        host.close()
+        control.close()
+        os.close(zyg.wake_r)
+        os.close(zyg.wake_w)
+
+
+def test_sigterm_interrupts_a_deferred_import(zygotes: Callable[..., Zygote]) -> None:
+    zygote = zygotes()
+    assert zygote.first()["ready"]["deferred"][0] == "litellm"
+    zygote.wait_stderr("deferred preload starting: litellm, ", BOOT_TIMEOUT)
+    zygote.proc.send_signal(signal.SIGTERM)  # litellm's import takes seconds
+    assert zygote.proc.wait(TIMEOUT) == 0
+    zygote.wait_stderr("received SIGTERM during a deferred import: no more forks")
+    assert not [line for line in zygote.stderr_lines if "deferred preload done" in line]
