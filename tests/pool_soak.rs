@@ -115,7 +115,9 @@ async fn s30_kill_respawn_cycles_leave_no_resource_creep() {
     );
     assert!(zombies.is_ok(), "zombie children: {:?}", zombie_children());
     let status = pool.pool().status();
+    let zygotes = dspex_testkit::zygote_pids(pool.pool().run_tag());
     let mut tagged = tagged_processes(pool.pool().run_tag());
+    tagged.retain(|pid| !zygotes.contains(pid));
     tagged.sort();
     let mut live = status.pids();
     live.sort();

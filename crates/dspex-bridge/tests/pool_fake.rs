@@ -27,6 +27,8 @@ async fn pool(config: PoolConfig) -> Pool {
     let config = PoolConfig {
         spawner: Some(Arc::new(FakeSpawner::default())),
         sweep_orphans: false,
+        // These tests count a worker busy with one lease.
+        per_worker_concurrency: 1,
         ..config
     };
     let pool = Pool::start_on(config, fake_python())

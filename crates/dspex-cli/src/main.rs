@@ -14,6 +14,7 @@
 //! Ctrl-C stops cleanly: in-flight work is abandoned, every worker is
 //! stopped and reaped, and the exit status is 130.
 
+mod bench;
 mod compile;
 mod demo;
 mod run;
@@ -75,6 +76,8 @@ enum Cmd {
     Eval(Box<compile::EvalArgs>),
     /// Compile a program with one of DSPy's optimizers and save it.
     Optimize(Box<compile::OptimizeArgs>),
+    /// Run the benchmarks B1–B8 beside their anchors and print the table.
+    Bench(bench::BenchArgs),
     /// Report the Python environment and check that a worker starts.
     Doctor,
 }
@@ -100,6 +103,9 @@ async fn main() -> Result<()> {
     };
     if let Cmd::Doctor = cli.command {
         return doctor(python).await;
+    }
+    if let Cmd::Bench(args) = cli.command {
+        return bench::run(python, args).await;
     }
 
     let (pool_size, mode) = match &cli.command {
@@ -158,7 +164,7 @@ async fn main() -> Result<()> {
                 Cmd::Run(args) => run::run(dspex, args).await,
                 Cmd::Eval(args) => compile::eval(dspex, *args).await,
                 Cmd::Optimize(args) => compile::optimize(dspex, *args).await,
-                Cmd::Doctor => Ok(()),
+                Cmd::Doctor | Cmd::Bench(_) => Ok(()),
             }
         }
     };

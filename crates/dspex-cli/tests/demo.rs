@@ -21,7 +21,43 @@ fn alive(pid: u64) -> bool {
 }
 
 /// Worker processes (children running `dspex_bridge`) of `parent`.
-fn workers_of(parent: u32) -> Vec<u64> {
+fn workers_of(host: u32) -> Vec<u64> {
+    let ppid_of = |pid: u64| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let cmdline = |pid: u64| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+            .into_owned()
+    };
+    let pids: Vec<u64> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|&pid| cmdline(pid).contains("dspex_bridge"))
+        .collect();
+    // The host's zygote (its child) forks the workers; without one the
+    // workers are the host's children.
+    let zygotes: Vec<u64> = pids
+        .iter()
+        .copied()
+        .filter(|&pid| ppid_of(pid) == Some(u64::from(host)) && cmdline(pid).contains("zygote"))
+        .collect();
+    pids.into_iter()
+        .filter(|&pid| {
+            let parent = ppid_of(pid);
+            (parent == Some(u64::from(host)) && !zygotes.contains(&pid))
+                || parent.is_some_and(|p| zygotes.contains(&p))
+        })
+        .collect()
+}
+
+/// The host's zygotes.
+fn zygotes_of(host: u32) -> Vec<u64> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
@@ -31,9 +67,11 @@ fn workers_of(parent: u32) -> Vec<u64> {
                 .rsplit(')')
                 .next()
                 .and_then(|rest| rest.split_whitespace().nth(1));
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            ppid == Some(&parent.to_string())
-                && String::from_utf8_lossy(&cmdline).contains("dspex_bridge")
+            ppid == Some(&host.to_string())
+                && String::from_utf8_lossy(
+                    &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+                )
+                .contains("zygote")
         })
         .collect()
 }
@@ -145,6 +183,7 @@ fn ctrl_c_stops_cleanly_with_no_worker_left() {
         assert!(Instant::now() < deadline, "workers never started");
         std::thread::sleep(Duration::from_millis(20));
     };
+    let zygotes = zygotes_of(host);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(host as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -154,10 +193,10 @@ fn ctrl_c_stops_cleanly_with_no_worker_left() {
     assert_eq!(status.code(), Some(130), "exit status after Ctrl-C");
     // The promise: no worker alive within 2 s of the host's exit.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while workers.iter().any(|&pid| alive(pid)) {
+    while workers.iter().chain(&zygotes).any(|&pid| alive(pid)) {
         assert!(
             Instant::now() < deadline,
-            "workers {workers:?} outlived the interrupted host"
+            "workers {workers:?} or zygotes {zygotes:?} outlived the interrupted host"
         );
         std::thread::sleep(Duration::from_millis(5));
     }

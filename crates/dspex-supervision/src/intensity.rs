@@ -8,12 +8,10 @@
 //!   (3 in 5 s) the 1st, 2nd and 3rd failure inside the window are restarted and
 //!   the 4th makes the supervisor give up; a child that can never start is
 //!   therefore started 1 + 3 = 4 times. A refused restart is not recorded.
-//! * **Backoff** ([`Backoff`]) is counted per child and applies only to
-//!   repeats: as in OTP, the first restart (no other restart of that child
-//!   inside the `within` window) happens at once; the `n`-th repeat inside the
-//!   window waits `initial × factor^(n-1)`, capped at `max`. After a quiet
-//!   period longer than `within` a restart is immediate again. The backoff is
-//!   for crash loops, never for a one-off crash.
+//! * **Backoff** ([`Backoff`]) is counted per child: the delay before a restart
+//!   is `initial × factor^n`, capped at `max`, where `n` is the number of
+//!   restarts of that child inside the same `within` window. The first restart
+//!   after a quiet period longer than `within` therefore waits `initial` again.
 //!
 //! Times are [`tokio::time::Instant`]s so that paused-clock tests
 //! (`#[tokio::test(start_paused = true)]`) see exact delays.
@@ -43,11 +41,10 @@ impl Default for RestartIntensity {
     }
 }
 
-/// Exponential delay between repeated restart attempts of one child (the
-/// first restart is immediate).
+/// Exponential delay between consecutive restart attempts of one child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
-    /// Delay before the first *repeated* restart inside the window.
+    /// Delay before the first restart (after a quiet period).
     pub initial: Duration,
     /// Multiplier applied per consecutive restart. `1` gives a constant delay.
     pub factor: u32,
@@ -76,27 +73,22 @@ impl Backoff {
     };
 
     /// Delay before a restart preceded by `recent` restarts of the same child
-    /// inside the intensity window: none for the first (`recent == 0`), then
-    /// `initial × factor^(recent - 1)`, capped at `max`. Saturates instead of
-    /// overflowing.
+    /// inside the intensity window: `initial × factor^recent`, capped at `max`.
+    /// Saturates instead of overflowing.
     ///
     /// ```
     /// use std::time::Duration;
     /// use dspex_supervision::Backoff;
     ///
     /// let b = Backoff::default();
-    /// assert_eq!(b.delay(0), Duration::ZERO);
-    /// assert_eq!(b.delay(1), Duration::from_millis(100));
-    /// assert_eq!(b.delay(3), Duration::from_millis(400));
+    /// assert_eq!(b.delay(0), Duration::from_millis(100));
+    /// assert_eq!(b.delay(2), Duration::from_millis(400));
     /// assert_eq!(b.delay(40), Duration::from_secs(5));
     /// ```
     pub fn delay(&self, recent: u32) -> Duration {
-        let Some(repeats) = recent.checked_sub(1) else {
-            return Duration::ZERO;
-        };
         let scaled = self
             .factor
-            .checked_pow(repeats)
+            .checked_pow(recent)
             .and_then(|m| self.initial.checked_mul(m))
             .unwrap_or(self.max);
         scaled.min(self.max)
@@ -217,8 +209,8 @@ mod tests {
             factor: 2,
             max: 1_000 * MS,
         };
-        let delays: Vec<u128> = (0..7).map(|n| b.delay(n).as_millis()).collect();
-        assert_eq!(delays, [0, 100, 200, 400, 800, 1_000, 1_000]);
+        let delays: Vec<u128> = (0..6).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1_000, 1_000]);
     }
 
     #[test]
@@ -228,7 +220,7 @@ mod tests {
             factor: 3,
             max: Duration::from_secs(7),
         };
-        assert_eq!(b.delay(1), Duration::from_secs(7));
+        assert_eq!(b.delay(0), Duration::from_secs(7));
         assert_eq!(b.delay(u32::MAX), Duration::from_secs(7));
         let huge_factor = Backoff {
             factor: u32::MAX,
@@ -255,11 +247,10 @@ mod tests {
             child.record(now);
             b.delay(n)
         };
-        // The first restart is immediate; the backoff is for repeats.
-        assert_eq!(next_delay(t0), Duration::ZERO);
-        assert_eq!(next_delay(t0 + 200 * MS), 100 * MS);
-        assert_eq!(next_delay(t0 + 600 * MS), 200 * MS);
-        // Quiet for longer than the window: immediate again.
-        assert_eq!(next_delay(t0 + 6_000 * MS), Duration::ZERO);
+        assert_eq!(next_delay(t0), 100 * MS);
+        assert_eq!(next_delay(t0 + 200 * MS), 200 * MS);
+        assert_eq!(next_delay(t0 + 600 * MS), 400 * MS);
+        // Quiet for longer than the window: back to the initial delay.
+        assert_eq!(next_delay(t0 + 6_000 * MS), 100 * MS);
     }
 }

@@ -48,8 +48,7 @@
 //! # Example
 //!
 //! A worker whose start fails twice, then succeeds: the supervisor retries with
-//! no delay the first time and 100 ms the second (the backoff is for repeats),
-//! and never reaches `Failed`.
+//! backoff (100 ms, then 200 ms) and never reaches `Failed`.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -94,7 +93,7 @@
 //!         _ => {}
 //!     }
 //! }
-//! assert_eq!(delays, [Duration::ZERO, Duration::from_millis(100)]);
+//! assert_eq!(delays, [Duration::from_millis(100), Duration::from_millis(200)]);
 //! assert_eq!(attempts.load(Ordering::SeqCst), 3);
 //! assert!(!handle.status().state.is_failed());
 //! handle.stop(Duration::from_secs(5)).await;

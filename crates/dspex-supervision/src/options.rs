@@ -52,6 +52,11 @@ pub struct SupervisorOptions {
     pub intensity: RestartIntensity,
     /// Delay between consecutive restarts of a child.
     pub backoff: Backoff,
+    /// Restart a child at once when it has not been restarted inside the
+    /// intensity window, as OTP does; `backoff` then applies only to the
+    /// repeats of a crash loop (the `n`-th repeat waits `backoff.delay(n - 1)`).
+    /// Off by default: every restart waits `backoff`.
+    pub immediate_first_restart: bool,
     /// Escalate or remain after giving up.
     pub on_give_up: OnGiveUp,
     /// Optional ractor registry name for the supervisor actor. Names are
@@ -68,6 +73,7 @@ impl Default for SupervisorOptions {
             strategy: Strategy::default(),
             intensity: RestartIntensity::default(),
             backoff: Backoff::default(),
+            immediate_first_restart: false,
             on_give_up: OnGiveUp::default(),
             name: None,
             event_capacity: 256,

@@ -338,9 +338,13 @@ impl Tree {
                 let window = &mut self.slots[i].backoff;
                 let recent = u32::try_from(window.recent(now, within)).unwrap_or(u32::MAX);
                 window.record(now);
-                self.options.backoff.delay(recent)
+                match (self.options.immediate_first_restart, recent.checked_sub(1)) {
+                    (false, _) => self.options.backoff.delay(recent),
+                    (true, None) => Duration::ZERO,
+                    (true, Some(repeats)) => self.options.backoff.delay(repeats),
+                }
             }
-            None => self.options.backoff.delay(0),
+            None => self.options.backoff.initial,
         };
 
         self.schedule(set, delay)

@@ -188,6 +188,44 @@ async fn backoff_delays_grow_and_cap_and_are_really_waited() {
     handle.stop(DEADLINE).await;
 }
 
+/// With `immediate_first_restart` (OTP's behaviour, which the worker pool
+/// uses), the first restart inside a window waits nothing and the repeats
+/// of the crash loop wait the backoff.
+#[tokio::test(start_paused = true)]
+async fn an_immediate_first_restart_leaves_the_backoff_to_repeats() {
+    let log = Log::default();
+    let (spec, attempts) = never_starts("w", &log, "nope");
+    let supervisor = Supervisor::new(SupervisorOptions {
+        intensity: RestartIntensity {
+            max_restarts: 4,
+            within: Duration::from_secs(60),
+        },
+        backoff: Backoff {
+            initial: 100 * MS,
+            factor: 2,
+            max: 300 * MS,
+        },
+        immediate_first_restart: true,
+        on_give_up: OnGiveUp::Remain,
+        ..SupervisorOptions::default()
+    })
+    .child(spec);
+    let mut events = supervisor.subscribe();
+    let handle = supervisor.spawn().await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let event = next_event(&mut events).await;
+        let done = failed(&event);
+        seen.push(event);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(delays(&seen), [0, 100, 200, 300]);
+    assert_eq!(attempts.load(Ordering::SeqCst), 5);
+    handle.stop(DEADLINE).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn backoff_returns_to_the_initial_delay_after_a_quiet_window() {
     let log = Log::default();

@@ -34,6 +34,8 @@ pub(super) async fn start_workers_supervisor(
         strategy: Strategy::OneForOne,
         intensity: config.intensity,
         backoff: config.backoff,
+        // A one-off crash is replaced at once; the backoff is for loops.
+        immediate_first_restart: true,
         on_give_up: OnGiveUp::Remain,
         event_capacity: 1024,
         ..SupervisorOptions::default()

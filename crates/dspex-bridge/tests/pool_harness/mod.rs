@@ -99,6 +99,8 @@ fn race_config(size: usize) -> PoolConfig {
     PoolConfig {
         name: "model".into(),
         size,
+        // The model counts a worker busy with one lease.
+        per_worker_concurrency: 1,
         sweep_orphans: false,
         intensity: RestartIntensity {
             max_restarts: u32::MAX,
