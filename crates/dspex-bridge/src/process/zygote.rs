@@ -2,10 +2,15 @@
 //!
 //! Importing DSPy costs about half a second of CPU per process, and two cores
 //! serialise the imports of a pool's workers. The zygote (`python -m
-//! dspex_bridge --mode zygote`, itself started by the [`DirectSpawner`] with
-//! every guarantee of a direct child) imports DSPy, litellm and the
-//! configured project modules, runs `gc.freeze()`, and then forks a worker
-//! per request in a few milliseconds.
+//! dspex_bridge --mode zygote`, itself started by the [`DirectSpawner`] on
+//! the first spawn, with every guarantee of a direct child) preloads in two
+//! phases: before it is ready, what a direct worker imports before its
+//! handshake (DSPy and the `dspex_bridge` modules; only the latter with
+//! `DSPEX_LAZY_DSPY=1`) and the configured project modules
+//! ([`ZygoteOptions::preload`]); then, one at a time while it is idle, what a
+//! worker imports only on first use (litellm, `anyio.to_thread`, optuna).
+//! Each phase ends with `gc.freeze()`. It forks a worker per request in a
+//! few milliseconds.
 //!
 //! The host keeps ownership of every worker's pipes: it creates them, hands
 //! the child's ends to the zygote with `SCM_RIGHTS` over a `SOCK_SEQPACKET`
@@ -15,7 +20,10 @@
 //! inherits (G9); its stdin's only writer is the host, so EOF still means
 //! exit (G1). The zygote reaps its children and reports each exit with its
 //! status (G2, G6); the pidfd lets the host see an exit even if the zygote
-//! is gone.
+//! is gone (the status is then unknown: exit code -1). A forked worker has
+//! no parent-death signal (it would follow the zygote, not the host, G4):
+//! when the host dies it sees EOF, and the tree's watchdog kills everything
+//! tagged.
 //!
 //! Supervision: a zygote that dies is started again on the next spawn, up to
 //! [`ZygoteOptions::max_restarts`] in [`ZygoteOptions::window`]; workers it
