@@ -89,18 +89,18 @@ async fn a_stateful_session_is_lost_with_the_single_worker() {
     service.finish().await;
 }
 
-/// With the default configuration one worker overlaps eight LM-bound
-/// calls: the pool hands it eight leases and its Python thread pool runs
+/// With the default configuration one worker overlaps sixteen LM-bound
+/// calls: the pool hands it sixteen leases and its Python thread pool runs
 /// them at once (the worker's own counters say so).
 #[tokio::test(flavor = "multi_thread")]
-async fn by_default_one_worker_serves_eight_calls_at_once() {
+async fn by_default_one_worker_serves_sixteen_calls_at_once() {
     let service = single(|_| {}).await;
     let dspex = &service.dspex;
-    assert_eq!(dspex::Config::default().per_worker_concurrency, 8);
+    assert_eq!(dspex::Config::default().per_worker_concurrency, 16);
     dspex.configure_lm(slow_lm(1_000)).await.unwrap();
-    let calls = spawn_calls(dspex, 8, &ExecuteOptions::default());
-    dspex_testkit::poll_until(Duration::from_secs(10), "8 leases", || {
-        service.pool().status().leases == 8
+    let calls = spawn_calls(dspex, 16, &ExecuteOptions::default());
+    dspex_testkit::poll_until(Duration::from_secs(10), "16 leases", || {
+        service.pool().status().leases == 16
     })
     .await
     .unwrap();
@@ -109,7 +109,7 @@ async fn by_default_one_worker_serves_eight_calls_at_once() {
         .call(dspex::protocol::Command::GetStats, Default::default())
         .await
         .unwrap();
-    assert_eq!(stats["max_concurrency"], json!(8), "{stats}");
+    assert_eq!(stats["max_concurrency"], json!(16), "{stats}");
     for call in calls {
         call.await.unwrap().expect("every call succeeds");
     }
@@ -118,8 +118,8 @@ async fn by_default_one_worker_serves_eight_calls_at_once() {
         .await
         .unwrap();
     assert!(
-        stats["requests"]["max_in_flight"].as_u64() >= Some(8),
-        "the worker ran 8 at once: {stats}"
+        stats["requests"]["max_in_flight"].as_u64() >= Some(16),
+        "the worker ran 16 at once: {stats}"
     );
     service.finish().await;
 }

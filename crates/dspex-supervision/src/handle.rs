@@ -225,6 +225,17 @@ impl SupervisorHandle {
         self.status.borrow().clone()
     }
 
+    /// Restarts of all children so far (what [`SupervisorHandle::status`]
+    /// would sum), read without copying the status.
+    pub fn restarts(&self) -> u32 {
+        self.status
+            .borrow()
+            .children
+            .iter()
+            .map(|c| c.restarts)
+            .sum()
+    }
+
     /// The current actor of child `id`, or `None` if it is down or unknown.
     /// Never waits on the supervisor; the cell may die right after.
     pub fn child(&self, id: &str) -> Option<ActorCell> {

@@ -292,8 +292,9 @@ pub struct PythonSettings {
     pub project: Option<PathBuf>,
     /// How workers are started.
     pub spawn: SpawnSetting,
-    /// Modules of the project the zygote imports before it forks workers
-    /// (DSPy and litellm always are), so that workers start with them.
+    /// Modules of the project the zygote imports before it reports ready
+    /// (DSPy is too, unless workers import it lazily; litellm follows while
+    /// the zygote is idle), so that forked workers start with them.
     pub preload: Vec<String>,
 }
 

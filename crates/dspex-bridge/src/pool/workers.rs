@@ -575,7 +575,6 @@ impl PoolActorState {
             .collect();
         let count = |f: &dyn Fn(&SlotStatus) -> bool| workers.iter().filter(|w| f(w)).count();
         let ready = |w: &SlotStatus| w.phase == SlotPhase::Ready;
-        let children = self.workers.status().children;
         let status = PoolStatus {
             state,
             idle: count(&|w| ready(w) && w.leases == 0),
@@ -592,7 +591,7 @@ impl PoolActorState {
             max_queue: self.config.max_queue,
             leases: workers.iter().map(|w| w.leases).sum(),
             capacity_per_worker: capacity,
-            restarts: self.past_restarts + children.iter().map(|c| c.restarts).sum::<u32>(),
+            restarts: self.past_restarts + self.workers.restarts(),
             sessions: self.sessions.len(),
             lm_generation: self.lm_generation,
             revive_at: self.revival.due,

@@ -5,8 +5,9 @@
 //! [`WorkerProcess`] then owns that process for its whole life: it drains
 //! stderr continuously into tracing and a bounded tail, and stops it with the
 //! escalation `close stdin → grace → SIGTERM to the group → grace → SIGKILL →
-//! reap`. Nothing about the owner depends on how the process was made, so a
-//! pre-forking strategy can replace [`DirectSpawner`] without touching it.
+//! reap`. Nothing about the owner depends on how the process was made: the
+//! [`DirectSpawner`] starts each worker as its own interpreter, the
+//! [`ZygoteSpawner`] forks it from a zygote, and the owner is the same.
 //!
 //! The guarantees (numbered as in the reliability contract):
 //! - G1: pipes are close-on-exec (std's default), so no sibling holds another
@@ -16,7 +17,10 @@
 //!   dropped owner.
 //! - G3: each worker leads its own process group, and kills go to the group.
 //! - G4: the parent-death signal is set from the spawner's dedicated thread
-//!   (it follows the creating *thread*), with a `getppid` re-check.
+//!   (it follows the creating *thread*), with a `getppid` re-check, for
+//!   direct children (workers and the zygote). Forked workers have none (it
+//!   would follow the zygote): the host's death reaches them as EOF and
+//!   through the watchdog.
 //! - G5/G6: escalating stop; exits are reported as [`Exit`] with the stderr tail.
 //! - G8: stderr drained into a ring buffer of [`STDERR_TAIL_BYTES`] and
 //!   rate-limited log lines carrying the worker id and pid.

@@ -79,7 +79,7 @@ const MAX_MESSAGE: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZygoteOptions {
     /// Modules of the service's project the zygote imports before forking
-    /// (DSPy and litellm always are).
+    /// before it reports ready (see the module docs for the rest).
     pub preload: Vec<String>,
     /// How long the zygote may take to import everything (default 60 s).
     pub boot_timeout: Duration,
