@@ -21,8 +21,10 @@ from a request thread), so concurrent requests with different LMs never see each
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .callbacks import CallbackError
@@ -247,6 +249,24 @@ def _recorder_class() -> type:
 # --- running -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _tracked(dspy: Any, settings: dict[str, Any]) -> Iterator[Any]:
+    """``dspy.context(**settings)`` with ``dspy.track_usage()`` inside, as one settings
+    context (half the per-call cost): a fresh ``UsageTracker`` whose entries are added to
+    the enclosing tracker, if any, on exit, as ``track_usage`` does."""
+    from dspy.utils.usage_tracker import UsageTracker
+
+    tracker = UsageTracker()
+    parent = dspy.settings.usage_tracker
+    try:
+        with dspy.context(**settings, usage_tracker=tracker):
+            yield tracker
+    finally:
+        if parent is not None:
+            for model, entries in tracker.usage_data.items():
+                parent.usage_data[model].extend(entries)
+
+
 def run_program(
     slot: ReplySlot | None,
     program: Program,
@@ -269,7 +289,7 @@ def run_program(
     settings: dict[str, Any] = {"lm": handle.lm, "disable_history": True}
     if recorder is not None:
         settings["callbacks"] = [recorder]
-    with dspy.context(**settings), dspy.track_usage() as tracker:
+    with _tracked(dspy, settings) as tracker:
         try:
             if stream and slot is not None and slot.events:
                 prediction = run_streaming(slot, program.built, runner, inputs)
@@ -297,7 +317,7 @@ def predict_once(
 
     inputs = to_dspy_inputs(program.spec, checked)
     runner, reward = program.built.runner()
-    with dspy.context(lm=lm, disable_history=True), dspy.track_usage() as tracker:
+    with _tracked(dspy, {"lm": lm, "disable_history": True}) as tracker:
         try:
             prediction = runner(**inputs)
         except Exception as exc:
