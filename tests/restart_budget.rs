@@ -15,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use dspex_bridge::SpawnMode;
 use dspex_bridge::WorkerError;
 use dspex_bridge::pool::{PoolError, PoolEvent, PoolState, RevivePolicy};
 use dspex_bridge::worker::WorkerEvent;
@@ -197,7 +198,9 @@ async fn s17_flaky_start_recovers_within_the_budget() {
     write_script(&script, FLAKY_PYTHON).await;
     let real = managed_python().unwrap().interpreter;
     let counter = dir.path().join("starts");
+    // Every start of the wrapper counts, so no zygote: each start is a worker.
     let tree = TestTree::builder()
+        .with(|c| c.spawn = SpawnMode::Direct)
         .interpreter(&script)
         .worker_env("DSPEX_FLAKY_COUNTER", counter.to_str().unwrap())
         .worker_env("DSPEX_FLAKY_FAILURES", "2")

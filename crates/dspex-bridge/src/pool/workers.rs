@@ -555,64 +555,89 @@ impl PoolActorState {
         self.publish_state(PoolState::Stopped);
     }
 
+    /// Publishes the status in place: in steady state (the same workers,
+    /// changing counts) nothing is allocated, so publishing after every
+    /// message stays cheap on the request path.
     fn publish_state(&mut self, state: PoolState) {
         let capacity = self.capacity();
-        let workers: Vec<SlotStatus> = self
-            .slots
-            .iter()
-            .filter(|s| s.phase != SlotPhase::Retired)
-            .map(|s| SlotStatus {
-                id: s.id.clone(),
-                pid: s.pid,
-                phase: s.phase,
-                leases: s.leases,
-                overflow: s.overflow,
-                programs: s.loaded.len(),
-                queued: s.pinned.len(),
-                requests: s.requests,
-                rss_bytes: s.rss_bytes,
-            })
-            .collect();
-        let count = |f: &dyn Fn(&SlotStatus) -> bool| workers.iter().filter(|w| f(w)).count();
-        let ready = |w: &SlotStatus| w.phase == SlotPhase::Ready;
-        let status = PoolStatus {
-            state,
-            idle: count(&|w| ready(w) && w.leases == 0),
-            busy: count(&|w| ready(w) && w.leases > 0),
-            starting: count(&|w| {
+        let queued = self.queued();
+        let restarts = self.past_restarts + self.workers.restarts();
+        let slots = self.slots.iter().filter(|s| s.phase != SlotPhase::Retired);
+        let (config, sessions, lm_generation) =
+            (&self.config, self.sessions.len(), self.lm_generation);
+        let (revive_at, counters) = (self.revival.due, &self.counters);
+        self.status.send_modify(|status| {
+            let mut shown = 0;
+            for slot in slots {
+                let fresh = SlotStatus {
+                    id: String::new(),
+                    pid: slot.pid,
+                    phase: slot.phase,
+                    leases: slot.leases,
+                    overflow: slot.overflow,
+                    programs: slot.loaded.len(),
+                    queued: slot.pinned.len(),
+                    requests: slot.requests,
+                    rss_bytes: slot.rss_bytes,
+                };
+                match status.workers.get_mut(shown) {
+                    Some(entry) => {
+                        let mut id = std::mem::take(&mut entry.id);
+                        if id != slot.id {
+                            id.clone_from(&slot.id);
+                        }
+                        *entry = SlotStatus { id, ..fresh };
+                    }
+                    None => status.workers.push(SlotStatus {
+                        id: slot.id.clone(),
+                        ..fresh
+                    }),
+                }
+                shown += 1;
+            }
+            status.workers.truncate(shown);
+            let workers = &status.workers;
+            let count = |f: &dyn Fn(&SlotStatus) -> bool| workers.iter().filter(|w| f(w)).count();
+            let ready = |w: &SlotStatus| w.phase == SlotPhase::Ready;
+            status.idle = count(&|w| ready(w) && w.leases == 0);
+            status.busy = count(&|w| ready(w) && w.leases > 0);
+            status.starting = count(&|w| {
                 matches!(
                     w.phase,
                     SlotPhase::Starting | SlotPhase::Configuring | SlotPhase::Down
                 )
-            }),
-            not_started: count(&|w| w.phase == SlotPhase::NotStarted),
-            retiring: count(&|w| w.phase == SlotPhase::Retiring),
-            queued: self.queued(),
-            max_queue: self.config.max_queue,
-            leases: workers.iter().map(|w| w.leases).sum(),
-            capacity_per_worker: capacity,
-            restarts: self.past_restarts + self.workers.restarts(),
-            sessions: self.sessions.len(),
-            lm_generation: self.lm_generation,
-            revive_at: self.revival.due,
-            counters: self.counters.clone(),
-            workers,
+            });
+            status.not_started = count(&|w| w.phase == SlotPhase::NotStarted);
+            status.retiring = count(&|w| w.phase == SlotPhase::Retiring);
+            status.leases = workers.iter().map(|w| w.leases).sum();
+            status.state = state;
+            status.queued = queued;
+            status.max_queue = config.max_queue;
+            status.capacity_per_worker = capacity;
+            status.restarts = restarts;
+            status.sessions = sessions;
+            status.lm_generation = lm_generation;
+            status.revive_at = revive_at;
+            status.counters.clone_from(counters);
+        });
+        let slots = &self.slots;
+        let ready_pids = || {
+            slots
+                .iter()
+                .filter(|s| s.phase == SlotPhase::Ready)
+                .filter_map(|s| s.worker.as_ref())
         };
-        let ready: Vec<WorkerHandle> = self
-            .slots
-            .iter()
-            .filter(|s| s.phase == SlotPhase::Ready)
-            .filter_map(|s| s.worker.clone())
-            .collect();
         self.ready_workers.send_if_modified(|current| {
-            let same = current.len() == ready.len()
-                && current.iter().zip(&ready).all(|(a, b)| a.pid() == b.pid());
+            let same = current.len() == ready_pids().count()
+                && current
+                    .iter()
+                    .zip(ready_pids())
+                    .all(|(a, b)| a.pid() == b.pid());
             if !same {
-                *current = ready;
+                *current = ready_pids().cloned().collect();
             }
             !same
         });
-        self.status.send_replace(status);
     }
 }
 
