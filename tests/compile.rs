@@ -171,26 +171,8 @@ async fn dspy_alone_scores_and_loads_what_dspex_does() {
         "dspex_file": ours,
         "dspy_file": theirs,
     });
-    let python = dspex_testkit::managed_python().unwrap();
-    let mut child = std::process::Command::new(&python.interpreter)
-        .arg("-c")
-        .arg(DIRECT)
-        .env("PYTHONPATH", python.python_path())
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(job.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    let alone: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let alone: Value =
+        serde_json::from_str(&dspex_tests::run_plain_python(DIRECT, &job.to_string())).unwrap();
 
     // The same score from dspy.Evaluate and Dspex::evaluate.
     let ours_score = dspex

@@ -411,27 +411,7 @@ async fn dspy_alone_and_dspex_agree_field_by_field() {
         );
         jobs.push('\n');
     }
-    let python = dspex_testkit::managed_python().unwrap();
-    let mut child = std::process::Command::new(&python.interpreter)
-        .arg("-c")
-        .arg(DIRECT)
-        .env("PYTHONPATH", python.python_path())
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(jobs.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    let direct: Vec<Map<String, Value>> = String::from_utf8(output.stdout)
-        .unwrap()
+    let direct: Vec<Map<String, Value>> = dspex_tests::run_plain_python(DIRECT, &jobs)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();

@@ -25,6 +25,9 @@ use serde_json::{Value, json};
 /// first kill.
 const ZYGOTE_WARM: Duration = Duration::from_secs(8);
 
+/// In the Markdown file, the line after which the text is kept on rewrite.
+const NOTES_MARKER: &str = "<!-- notes: kept by dspex bench -->";
+
 /// Arguments of `dspex bench`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -135,9 +138,17 @@ pub(crate) async fn run(python: PythonConfig, args: BenchArgs) -> Result<()> {
         println!("{}", table(&rows));
     }
     if let Some(path) = &args.markdown {
-        let command = std::env::args().collect::<Vec<_>>().join(" ");
-        std::fs::write(path, markdown(&rows, &command, &sizes))
-            .with_context(|| format!("writing {}", path.display()))?;
+        let command = std::iter::once("dspex".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ");
+        // What follows the notes marker is written by people: kept as is.
+        let notes = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|old| old.find(NOTES_MARKER).map(|at| old[at..].to_owned()))
+            .unwrap_or_else(|| format!("{NOTES_MARKER}\n"));
+        let text = format!("{}\n{notes}", markdown(&rows, &command, &sizes));
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("dspex bench: wrote {}", path.display());
     }
     Ok(())
@@ -787,8 +798,14 @@ fn markdown(rows: &[Row], command: &str, sizes: &Sizes) -> String {
         out,
         "The latest run of `dspex bench` (B1–B8 of the performance design), each \
          figure beside its anchors measured in the same run on the same machine; \
-         medians of {} runs. Made by:\n\n```\n{command}\n```\n",
-        sizes.repeats
+         medians of {} runs, {} build, {} cores. Made by:\n\n```\n{command}\n```\n",
+        sizes.repeats,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        std::thread::available_parallelism().map_or(1, usize::from),
     );
     let _ = writeln!(
         out,
