@@ -337,6 +337,18 @@ def build_lm(config: LmConfig) -> LmHandle:
     return LmHandle(config=config, lm=lm)
 
 
+def warm_up() -> None:
+    """Build (and drop) a dummy LM once, so a zygote's workers inherit what the first build
+    sets up (``dspy.LM`` compiles a regex on its first construction): their first
+    ``configure_lm`` does less. Nothing is called, nothing is registered; a failure is
+    ignored (the worker's own ``configure_lm`` reports it).
+    """
+    try:
+        build_lm(LmConfig(model=DUMMY_MODEL, options={}))
+    except Exception:  # an optional warm-up
+        log.debug("dummy LM warm-up failed", exc_info=True)
+
+
 class LmCache:
     """A small LRU of per-request override LMs, keyed by their configuration."""
 

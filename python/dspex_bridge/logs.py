@@ -107,7 +107,11 @@ def setup_logging(worker_id: str, level: str | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     name = (level or os.environ.get("DSPEX_LOG_LEVEL") or "INFO").upper()
-    root.setLevel(getattr(logging, name, logging.INFO))
+    level = getattr(logging, name, logging.INFO)
+    if root.level != level:
+        # Not when unchanged (a worker forked by the zygote): setting it clears the level
+        # cache of every logger, which in a forked worker copies their memory pages.
+        root.setLevel(level)
     logging.captureWarnings(True)
 
     def excepthook(

@@ -75,8 +75,7 @@ def project_dir_from_env(raw: str | None) -> str | None:
     return os.path.realpath(raw)
 
 
-def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
-    """Parse the command line; unknown flags are returned, never fatal."""
+def _option_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dspex_bridge", add_help=False, allow_abbrev=False, exit_on_error=False
     )
@@ -85,6 +84,16 @@ def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
     parser.add_argument("--max-concurrency")
     parser.add_argument("--max-frame")
     parser.add_argument("--log-level")
+    return parser
+
+
+# Built once, at import: a zygote's workers inherit it (parsing does not change it).
+_OPTION_PARSER = _option_parser()
+
+
+def parse_options(argv: list[str]) -> tuple[Options, list[str]]:
+    """Parse the command line; unknown flags are returned, never fatal."""
+    parser = _OPTION_PARSER
     try:
         ns, unknown = parser.parse_known_args(argv)
     except (argparse.ArgumentError, SystemExit):  # e.g. a flag missing its value
@@ -490,16 +499,19 @@ def main(argv: list[str] | None = None) -> NoReturn:
         log.warning("test fault commands enabled (DSPEX_TEST_FAULTS=1)")
     server = Server(options, registry, 0, proto_fd)
     if not options.lazy_dspy:
-        loaded = threading.Event()
-        threading.Thread(
-            target=_exit_on_hangup_while, args=(loaded, 0), name="dspex-boot-eof", daemon=True
-        ).start()
+        # A worker forked by the zygote has DSPy imported already: no long import to watch.
+        loaded = None if "dspy" in sys.modules else threading.Event()
+        if loaded is not None:
+            threading.Thread(
+                target=_exit_on_hangup_while, args=(loaded, 0), name="dspex-boot-eof", daemon=True
+            ).start()
         try:
             server.ensure_dspy()
         except ImportError as exc:
             log.error("dspy is not importable: %s", exc)
         finally:
-            loaded.set()
+            if loaded is not None:
+                loaded.set()
     try:
         code = server.run()
     except Exception:

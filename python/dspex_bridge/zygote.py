@@ -235,6 +235,9 @@ def preload(extra: list[str], *, lazy_dspy: bool) -> list[str]:
 
     if not lazy_dspy:
         adopt_dspy_logging()
+        from .lm import warm_up
+
+        warm_up()
     quiet_progress_bars()
     for name in extra:
         try:
@@ -345,10 +348,13 @@ def reset_network_clients() -> None:
 def reseed() -> None:
     """Fresh random state in a forked worker (Python's and numpy's global generators)."""
     random.seed()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
+    # Only once imported: ``numpy.random`` is a lazy submodule that seeds its global generator
+    # from OS entropy when it is imported (in the worker, then). Reaching it through
+    # ``numpy.random`` would import it in every forked worker (~10-20 ms of its boot).
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
         with contextlib.suppress(Exception):
-            numpy.random.seed()
+            numpy_random.seed()
 
 
 class Zygote:
