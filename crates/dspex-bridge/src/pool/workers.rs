@@ -432,19 +432,9 @@ impl PoolActorState {
                 self.slots[slot].phase = SlotPhase::Retired;
             }
         }
-        for waiter in self.queue.drain(..) {
-            let _ = waiter.reply.send(Err(PoolError::Unavailable {
-                cause: cause.clone(),
-                retry_in: None,
-            }));
-        }
+        let mut waiters: Vec<_> = self.queue.drain(..).collect();
         for slot in 0..self.slots.len() {
-            for waiter in std::mem::take(&mut self.slots[slot].pinned) {
-                let _ = waiter.reply.send(Err(PoolError::Unavailable {
-                    cause: cause.clone(),
-                    retry_in: None,
-                }));
-            }
+            waiters.extend(std::mem::take(&mut self.slots[slot].pinned));
             if self.slots[slot].phase != SlotPhase::Retired {
                 self.slot_down(slot);
             }
@@ -452,7 +442,17 @@ impl PoolActorState {
         self.failed = Some(cause.clone());
         // Scheduled first: the status that says Failed says when it retries.
         self.schedule_revive(myself);
-        self.emit(PoolEvent::PoolFailed { cause });
+        self.emit(PoolEvent::PoolFailed {
+            cause: cause.clone(),
+        });
+        // Answered last: a caller refused here already sees `Failed` in the
+        // status (and the event), as every later caller does.
+        for waiter in waiters {
+            let _ = waiter.reply.send(Err(PoolError::Unavailable {
+                cause: cause.clone(),
+                retry_in: None,
+            }));
+        }
     }
 
     /// Starts the workers afresh under a new supervisor (a new restart
