@@ -72,6 +72,9 @@ use super::{
 pub const ZYGOTE_FD_ENV: &str = "DSPEX_ZYGOTE_FD";
 /// The environment variable listing the modules the zygote preloads.
 pub const ZYGOTE_PRELOAD_ENV: &str = "DSPEX_ZYGOTE_PRELOAD";
+/// How long after a forked worker's pidfd reports its end the zygote's exit
+/// report may take before the exit is reported without a status.
+const EXIT_REPORT_GRACE: Duration = Duration::from_secs(2);
 /// The largest control message, either way.
 const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -699,6 +702,16 @@ impl ProcessControl for ForkedControl {
                     );
                     return Ok(Exit::Code(-1));
                 }
+                // Once the pidfd says the process is gone, its report is
+                // due at once; a report that never comes (a zygote that
+                // stopped reporting) must not hold the exit back for ever.
+                let report_due = async {
+                    if self.exited {
+                        tokio::time::sleep(EXIT_REPORT_GRACE).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::select! {
                     changed = self.exit.changed(), if !self.orphaned => {
                         if changed.is_err() {
@@ -708,6 +721,13 @@ impl ProcessControl for ForkedControl {
                     ready = self.pidfd.readable(), if !self.exited => {
                         ready?.retain_ready();
                         self.exited = true;
+                    }
+                    () = report_due => {
+                        tracing::warn!(
+                            pid = self.pid,
+                            "a forked worker ended but its zygote sent no exit report; its exit status is unknown"
+                        );
+                        return Ok(Exit::Code(-1));
                     }
                 }
             }
