@@ -29,6 +29,10 @@ pub struct Request {
     /// Whether the worker may send event frames for this request (Protocol 2).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub events: bool,
+    /// Whether the worker sends the Python log records the request
+    /// produces as `log` events (a Protocol 2 extension, feature `logs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logs: bool,
 }
 
 fn empty_map() -> Value {
@@ -46,6 +50,7 @@ impl Request {
             session_id: None,
             deadline_ms: None,
             events: false,
+            logs: false,
         }
     }
 

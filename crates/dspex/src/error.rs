@@ -51,6 +51,28 @@ pub enum Category {
     Budget,
 }
 
+impl Category {
+    /// Its snake-case name (`validation`, `worker_crashed`, ...), as in
+    /// metrics labels and HTTP error bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Configuration => "configuration",
+            Self::Validation => "validation",
+            Self::Timeout => "timeout",
+            Self::Overloaded => "overloaded",
+            Self::WorkerCrashed => "worker_crashed",
+            Self::Protocol => "protocol",
+            Self::Python => "python",
+            Self::Tool => "tool",
+            Self::Lm => "lm",
+            Self::Session => "session",
+            Self::Unavailable => "unavailable",
+            Self::Cancelled => "cancelled",
+            Self::Budget => "budget",
+        }
+    }
+}
+
 /// Which deadline passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Deadline {

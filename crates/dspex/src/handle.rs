@@ -14,6 +14,7 @@ use futures::FutureExt;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::adapter::{
     Adapter, AdapterService, AdapterStatus, ExecuteRequest, Execution, MockAdapter, Operation,
@@ -29,6 +30,7 @@ use crate::resilience::{
 };
 use crate::signature::{Signature, TypedSignature};
 use crate::stream::PredictionStream;
+use crate::telemetry;
 use crate::tool::Handlers;
 
 /// Per-call options of [`Dspex::execute`].
@@ -328,8 +330,10 @@ impl DspexBuilder {
             },
             AdapterService::new(Arc::clone(&adapter)),
         );
+        crate::telemetry::describe_metrics();
         let dspex = Dspex {
             inner: Arc::new(Inner {
+                name: config.name.clone(),
                 adapter,
                 stack,
                 gate,
@@ -348,6 +352,7 @@ impl DspexBuilder {
         if let Some(lm) = lm {
             dspex.configure_lm(lm).await?;
         }
+        crate::telemetry::spawn_gauge_task(Arc::downgrade(&dspex.inner));
         Ok(dspex)
     }
 }
@@ -382,7 +387,8 @@ pub struct Dspex {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
+    name: String,
     adapter: Arc<dyn Adapter>,
     /// The execute path: the resilience layers around the adapter.
     stack: ExecuteStack,
@@ -418,6 +424,15 @@ impl Dspex {
     /// A builder with the defaults (Python adapter, pool of 4).
     pub fn builder() -> DspexBuilder {
         DspexBuilder::default()
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// The instance's name (`name` of the configuration).
+    pub fn name(&self) -> &str {
+        &self.inner.name
     }
 
     /// Sets the LM every worker uses (validated on one worker first; a bad
@@ -780,7 +795,29 @@ impl Dspex {
             retry: options.retry,
             attempt: 1,
         };
-        self.inner.stack.clone().oneshot(request).await
+        let operation = telemetry::operation(&request.execution.run);
+        let _job = telemetry::JobGauge::start(operation);
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "dspex.call",
+            program = entry.version.id(),
+            operation,
+            worker = tracing::field::Empty,
+            pid = tracing::field::Empty,
+        );
+        let result = self
+            .inner
+            .stack
+            .clone()
+            .oneshot(request)
+            .instrument(span)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.category().as_str(),
+        };
+        telemetry::record_call(entry.version.id(), operation, outcome, started.elapsed());
+        result
     }
 
     /// A reply as a checked [`Prediction`], its usage counted.
@@ -803,6 +840,7 @@ impl Dspex {
         let program = usage.entry(entry.version.id().to_owned()).or_default();
         program.calls += 1;
         program.tokens.add(&prediction.usage);
+        telemetry::record_tokens(&prediction.usage);
         Ok(prediction)
     }
 

@@ -51,6 +51,7 @@ pub mod resilience;
 mod session;
 pub mod signature;
 mod stream;
+mod telemetry;
 pub mod tool;
 
 pub use compile::{
@@ -73,4 +74,5 @@ pub use schemars;
 pub use session::{History, Session};
 pub use signature::{Field, FieldKind, FieldType, FieldValue, Signature, TypedSignature};
 pub use stream::{Canceller, Chunk, Job, JobEvent, PredictionStream, Progress, StreamEvent};
+pub use telemetry::describe_metrics;
 pub use tool::{Reward, Tool};

@@ -22,6 +22,8 @@ pub struct FakeLm {
     pub model: String,
     /// Answer a matching demo's labels (the offline LM's `follow_examples`).
     pub follow_examples: bool,
+    /// Simulated time per call (the offline LM's `latency_ms`).
+    pub latency: std::time::Duration,
 }
 
 impl FakeLm {
@@ -31,6 +33,12 @@ impl FakeLm {
         Some(Self {
             model: config.get("model")?.as_str()?.to_owned(),
             follow_examples: config.get("follow_examples").and_then(Value::as_bool) == Some(true),
+            latency: std::time::Duration::from_millis(
+                config
+                    .get("latency_ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+            ),
         })
     }
 }
@@ -202,6 +210,9 @@ async fn run_one(
                 json!({"field": field.name}),
             ));
         }
+    }
+    if !lm.latency.is_zero() {
+        tokio::time::sleep(lm.latency).await;
     }
     let mut outputs = fake_run(program, inputs, host).await?;
     if lm.follow_examples {

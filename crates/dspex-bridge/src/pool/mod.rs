@@ -809,6 +809,11 @@ impl Pool {
             let mut lease = self
                 .checkout_for(budget.checkout(&options.checkout)?, wants)
                 .await?;
+            // The caller's span (`dspex.call`, when it has the fields) says
+            // which worker served.
+            tracing::Span::current()
+                .record("worker", lease.worker_id())
+                .record("pid", lease.pid());
             let call = budget.call_options(&options)?;
             let lm = lm.as_ref().map(|(id, config)| (id.as_str(), *config));
             let result = lease.execute(program, &run, lm, call).await;

@@ -81,6 +81,34 @@ pub(crate) enum Inner {
 
 type ReplyTx = oneshot::Sender<Result<Value, WorkerError>>;
 
+/// What a request asks the worker to send besides its reply.
+#[derive(Debug, Clone, Copy, Default)]
+struct Asks {
+    /// Event frames (chunks, progress).
+    events: bool,
+    /// Its Python log records, as `log` events.
+    logs: bool,
+}
+
+/// Emits a request's Python log record (a `log` event) under its caller's
+/// span, at the record's level, with target `dspex::python`.
+fn python_log(span: &tracing::Span, worker: &str, pid: u32, data: &Value) {
+    let text = |key: &str| data.get(key).and_then(Value::as_str).unwrap_or("");
+    let (level, logger, message) = (text("level"), text("logger"), text("message"));
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!(target: "dspex::python", parent: span, $level, worker, pid, logger, "{message}")
+        };
+    }
+    match level {
+        "CRITICAL" | "ERROR" => emit!(tracing::Level::ERROR),
+        "WARNING" => emit!(tracing::Level::WARN),
+        "INFO" => emit!(tracing::Level::INFO),
+        "DEBUG" => emit!(tracing::Level::DEBUG),
+        _ => emit!(tracing::Level::TRACE),
+    }
+}
+
 pub(crate) struct Call {
     pub(crate) command: Command,
     pub(crate) session_id: Option<String>,
@@ -88,6 +116,9 @@ pub(crate) struct Call {
     pub(crate) on_hang: OnHang,
     pub(crate) callbacks: Option<Arc<dyn Callbacks>>,
     pub(crate) events: Option<mpsc::UnboundedSender<RequestEvent>>,
+    /// The caller's span: the request's Python log records are emitted
+    /// under it (and asked for only when it is enabled).
+    pub(crate) span: tracing::Span,
     /// Dropped once the worker owes no reply for this request.
     pub(crate) settled: Option<oneshot::Sender<()>>,
     /// Where the request's id is stored once it has one (for an abandon).
@@ -112,6 +143,8 @@ struct Pending {
     reply: Option<ReplyTx>,
     callbacks: Option<Arc<dyn Callbacks>>,
     events: Option<mpsc::UnboundedSender<RequestEvent>>,
+    /// Where the request's Python log records go.
+    span: tracing::Span,
     timeout: Duration,
     on_hang: OnHang,
     /// Encoded and waiting for the handshake, if not sent yet.
@@ -349,7 +382,10 @@ impl WorkerActorState {
             call.command,
             call.session_id,
             timeout,
-            call.events.is_some(),
+            Asks {
+                events: call.events.is_some(),
+                logs: !call.span.is_disabled(),
+            },
         );
         match framed {
             Err(error) => {
@@ -363,6 +399,7 @@ impl WorkerActorState {
                     reply: Some(call.reply),
                     callbacks: call.callbacks,
                     events: call.events,
+                    span: call.span,
                     timeout,
                     on_hang: call.on_hang,
                     unsent: None,
@@ -381,7 +418,7 @@ impl WorkerActorState {
         command: Command,
         session_id: Option<String>,
         timeout: Duration,
-        events: bool,
+        asks: Asks,
     ) -> Result<(RequestId, Bytes, bool), WorkerError> {
         // Refused before any byte reached the worker: it stays as it was.
         command
@@ -392,7 +429,8 @@ impl WorkerActorState {
         let mut request = Request::new(id, command)
             .with_deadline_ms(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         request.session_id = session_id;
-        request.events = events;
+        request.events = asks.events;
+        request.logs = asks.logs;
         let mut frame = BytesMut::new();
         self.codec
             .encode(&HostFrame::Request(request), &mut frame)
@@ -459,12 +497,17 @@ impl WorkerActorState {
     /// Sends `cancel` for request `request_id`, answered to nobody.
     fn cancel(&mut self, request_id: RequestId) {
         let timeout = self.config.hang_grace;
-        if let Ok((id, frame, _)) = self.frame(Command::Cancel { request_id }, None, timeout, false)
-        {
+        if let Ok((id, frame, _)) = self.frame(
+            Command::Cancel { request_id },
+            None,
+            timeout,
+            Asks::default(),
+        ) {
             let pending = Pending {
                 reply: None,
                 callbacks: None,
                 events: None,
+                span: tracing::Span::none(),
                 timeout,
                 on_hang: OnHang::Report,
                 unsent: None,
@@ -482,6 +525,14 @@ impl WorkerActorState {
             tracing::debug!(worker = %self.worker_id, pid = self.process.pid(), id = event.id, event = %event.event, "event for a request not in flight; dropped");
             return;
         };
+        if event.event == "log" {
+            return python_log(
+                &pending.span,
+                &self.worker_id,
+                self.process.pid(),
+                &event.data,
+            );
+        }
         if let Some(sink) = pending.events.as_ref().filter(|_| pending.reply.is_some()) {
             let _ = sink.send(RequestEvent {
                 event: event.event,

@@ -289,6 +289,7 @@ impl WorkerHandle {
             on_hang: options.on_hang,
             callbacks: options.hooks.callbacks,
             events: options.hooks.events,
+            span: tracing::Span::current(),
             settled,
             assigned,
             reply,
