@@ -32,7 +32,7 @@ from .errors import BridgeError, InvalidArguments, LmError, PythonException, fro
 from .logs import redact
 from .modules import PYTHON
 from .plain import json_text, to_plain
-from .requests import ReplySlot, bind
+from .requests import DSPY_SETTING, ReplySlot, bind, current_request
 from .signatures import HISTORY, SignatureSpec, check_value, convert_output, to_dspy_inputs
 from .streaming import run_streaming
 
@@ -287,6 +287,10 @@ def run_program(
     runner, reward = program.built.runner()
     recorder = _recorder_class()() if lm_history else None
     settings: dict[str, Any] = {"lm": handle.lm, "disable_history": True}
+    if slot is not None:
+        # Carried by DSPy into the threads it starts (dspy.Parallel inside a python module):
+        # the request's deadline, cancel and log records reach them (``current_request``).
+        settings[DSPY_SETTING] = slot
     if recorder is not None:
         settings["callbacks"] = [recorder]
     with _tracked(dspy, settings) as tracker:
@@ -317,7 +321,11 @@ def predict_once(
 
     inputs = to_dspy_inputs(program.spec, checked)
     runner, reward = program.built.runner()
-    with _tracked(dspy, {"lm": lm, "disable_history": True}) as tracker:
+    settings: dict[str, Any] = {"lm": lm, "disable_history": True}
+    slot = current_request()
+    if slot is not None:
+        settings[DSPY_SETTING] = slot  # as in ``run_program``
+    with _tracked(dspy, settings) as tracker:
         try:
             prediction = runner(**inputs)
         except Exception as exc:

@@ -4,6 +4,10 @@ Every string option of an LM configuration (``api_key``, ``api_base``, headers, 
 option; see ``lm.register_config_secrets``) is registered here before the configuration is
 even validated, and every log line the worker writes, from any logger and at any level, has
 each registered value replaced by ``[REDACTED]`` on its way out.
+
+A request that carried ``"logs": true`` also gets the records logged in its context as
+``log`` events (``RequestLogHandler``, beside the stderr handler on the root logger), redacted
+the same way and cut to ``MAX_LOG_MESSAGE`` bytes.
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ import sys
 import threading
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 LOG_FORMAT = "%(asctime)s %(levelname)s dspex[{worker_id} pid=%(process)d] %(name)s: %(message)s"
 REDACTED = "[REDACTED]"
 # Shorter values are not secrets worth the damage redacting them would do to every line.
 MIN_SECRET_LEN = 4
 MAX_SECRETS = 1024
+# The longest ``message`` of a ``log`` event, in bytes of UTF-8 (cut at a character boundary),
+# and of its ``logger``.
+MAX_LOG_MESSAGE = 2048
+MAX_LOGGER_NAME = 256
 
 
 class Secrets:
@@ -96,6 +104,75 @@ class OneLineHandler(logging.Handler):
                 view = view[os.write(self.fd, view) :]
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
+
+
+class LogTarget(Protocol):
+    """Where the records of a request go (``requests.ReplySlot``)."""
+
+    logs: bool
+
+    def log_event(self, data: dict[str, Any]) -> bool: ...
+
+
+def wire_text(text: str, limit: int) -> str:
+    """``text`` as at most ``limit`` bytes of UTF-8 (lone surrogates backslash-escaped)."""
+    return text.encode("utf-8", "backslashreplace")[:limit].decode("utf-8", "ignore")
+
+
+class RequestLogHandler(logging.Handler):
+    """Sends each record logged in the context of a request that asked for logs to it.
+
+    ``current()`` names the request of the calling thread (``requests.current_request``:
+    the request bound to the thread or context, or the one DSPy carried into a thread it
+    started). Only records at or above the worker's level (the root logger's, read per
+    record) are sent, as ``{"level", "logger", "message"}``: the message formatted with the
+    traceback of its exception appended, secrets redacted, cut to ``MAX_LOG_MESSAGE``
+    bytes. The stderr handler writes the same records as ever.
+    """
+
+    def __init__(self, current: Callable[[], LogTarget | None]) -> None:
+        super().__init__()
+        self._current = current
+        self._message = logging.Formatter("%(message)s")
+        self._local = threading.local()
+
+    def createLock(self) -> None:
+        # No handler lock: ``emit`` takes the request's lock, and a thread holding that one
+        # may log (lock-order deadlock). ``emit`` needs no lock of its own.
+        self.lock = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.root.level or getattr(self._local, "busy", False):
+            return  # below the worker's level, or logged while sending one of ours
+        target = self._current()
+        if target is None or not target.logs:
+            return
+        self._local.busy = True
+        try:
+            target.log_event(self.data(record))
+        except Exception:  # noqa: BLE001 - logging must never raise; stderr has the record
+            pass
+        finally:
+            self._local.busy = False
+
+    def data(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The ``data`` of the ``log`` event of ``record``."""
+        return {
+            "level": record.levelname,
+            "logger": wire_text(record.name, MAX_LOGGER_NAME),
+            "message": wire_text(redact(self._message.format(record)), MAX_LOG_MESSAGE),
+        }
+
+
+def forward_request_logs(current: Callable[[], LogTarget | None]) -> RequestLogHandler:
+    """Add a ``RequestLogHandler`` to the root logger (replacing an earlier one)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, RequestLogHandler):
+            root.removeHandler(old)
+    handler = RequestLogHandler(current)
+    root.addHandler(handler)
+    return handler
 
 
 def setup_logging(worker_id: str, level: str | None = None) -> None:

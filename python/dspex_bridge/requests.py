@@ -24,6 +24,10 @@ frames (``slot.callback(name, args)``, see ``callbacks.py``). Both are written u
 slot's lock and only while it is unanswered, so none can follow the reply. Code that must
 stop when the request is abandoned registers a hook (``slot.on_abandon(fn)``): pending
 callbacks are released that way, and a streaming run is cancelled.
+
+A request that carried ``"logs": true`` also gets a ``log`` event for each log record made in
+its context (``slot.log_event(data)``, from ``logs.RequestLogHandler``): at most
+``MAX_LOG_EVENTS``, then one event counting the rest, written just before the reply.
 """
 
 from __future__ import annotations
@@ -60,6 +64,11 @@ BY_CANCEL = "cancel"
 
 # The deadline heap drops the entries of answered slots when it grows past this size.
 COMPACT_MIN = 4096
+
+# ``log`` events of one request; the records after these are counted, and the count is sent
+# as one more event just before the reply.
+MAX_LOG_EVENTS = 100
+LOG_SUMMARY_LOGGER = "dspex_bridge"
 
 _current: contextvars.ContextVar[ReplySlot | None] = contextvars.ContextVar(
     "dspex_current_request", default=None
@@ -120,6 +129,7 @@ class ReplySlot:
         on_answer: OnAnswer | None = None,
         *,
         events: bool = False,
+        logs: bool = False,
         callbacks: CallbackTable | None = None,
         send_side: Send | None = None,
     ) -> None:
@@ -133,14 +143,24 @@ class ReplySlot:
         self.abandoned = threading.Event()
         # Whether the request carried ``"events": true`` (only then are event frames sent).
         self.events = events
+        # Whether it carried ``"logs": true`` (only then are ``log`` events sent).
+        self.logs = logs
+        self._logs_sent = 0
+        self._logs_dropped = 0
         self._callbacks = callbacks
         self._send = send
         # Writes event and callback frames: raises (writing nothing) when one cannot be
         # framed, where ``send`` would turn it into an error *reply*.
         self._send_side = send_side or send
         self._on_answer = on_answer
-        self._lock = threading.Lock()
+        # Reentrant: a record logged while this thread holds it (writing the reply or an
+        # event in the request's context, e.g. the server's error when a write fails)
+        # reaches ``log_event`` on the same thread, which must not deadlock (it sends
+        # nothing then: see ``log_event``).
+        self._lock = threading.RLock()
         self._answered = False
+        # True while this slot's lock holder writes one of its event or callback frames.
+        self._writing = False
         self._started = False
         self._hooks: list[AbandonHook] = []
         self.answered_by: str | None = None
@@ -207,6 +227,8 @@ class ReplySlot:
             # Built under the lock: ``started`` cannot change any more (``begin`` takes it).
             message = build()
             if message is not None:
+                if self._logs_dropped:
+                    self._send_log_summary()
                 self._send(message)
         for hook in hooks:
             _run_hook(hook, self)
@@ -229,7 +251,11 @@ class ReplySlot:
         with self._lock:
             if self._answered:
                 return False
-            self._send_side(message)
+            self._writing = True
+            try:
+                self._send_side(message)
+            finally:
+                self._writing = False
             return True
 
     def event(self, kind: str, data: dict[str, Any]) -> bool:
@@ -237,6 +263,41 @@ class ReplySlot:
         if not self.events:
             return False
         return self.send_frame({"id": self.request_id, "event": kind, "data": data})
+
+    def log_event(self, data: dict[str, Any]) -> bool:
+        """Send a ``log`` event ``data`` if the request asked for logs and is unanswered.
+
+        Past ``MAX_LOG_EVENTS`` the record is only counted (the count goes out just before
+        the reply). A record logged while this thread is writing one of the request's frames
+        (the lock is reentrant) is dropped: after the reply it cannot be sent anyway, and
+        while an event is written it must not be written into its middle.
+        """
+        if not self.logs:
+            return False
+        with self._lock:
+            if self._answered or self._writing:
+                return False
+            if self._logs_sent >= MAX_LOG_EVENTS:
+                self._logs_dropped += 1
+                return False
+            self._logs_sent += 1
+            self._writing = True
+            try:
+                self._send_side({"id": self.request_id, "event": "log", "data": data})
+            finally:
+                self._writing = False
+            return True
+
+    def _send_log_summary(self) -> None:
+        """The count of the records past ``MAX_LOG_EVENTS`` as one ``log`` event (lock held)."""
+        dropped, self._logs_dropped = self._logs_dropped, 0
+        data = {
+            "level": "WARNING",
+            "logger": LOG_SUMMARY_LOGGER,
+            "message": f"{dropped} more log records suppressed",
+        }
+        with contextlib.suppress(ValueError):  # cannot happen: a small frame
+            self._send_side({"id": self.request_id, "event": "log", "data": data})
 
     def callback(
         self,
@@ -454,6 +515,7 @@ class RequestTable:
         *,
         track: bool = True,
         events: bool = False,
+        logs: bool = False,
     ) -> ReplySlot:
         """A slot for a new request; ``track`` registers it for ``cancel`` and its deadline."""
         slot = ReplySlot(
@@ -464,6 +526,7 @@ class RequestTable:
             self._send,
             self._answered,
             events=events,
+            logs=logs,
             callbacks=self.callbacks,
             send_side=self._send_side,
         )

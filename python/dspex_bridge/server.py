@@ -24,12 +24,12 @@ from . import protocol, zygote
 from .callbacks import CallbackTable
 from .commands import Command, Context, NoReply, Registry, WorkerState, default_registry
 from .errors import InvalidArguments, ProtocolError, UnknownCommand, from_exception
-from .logs import adopt_dspy_logging, quiet_progress_bars, setup_logging
-from .requests import MAX_REQUEST_ID, ReplySlot, RequestTable, bind
+from .logs import adopt_dspy_logging, forward_request_logs, quiet_progress_bars, setup_logging
+from .requests import MAX_REQUEST_ID, ReplySlot, RequestTable, bind, current_request
 
 PROTOCOL_VERSION = 2
 # The Protocol 2 features this worker implements (shared/design/protocol.md).
-FEATURES: tuple[str, ...] = ("deadline", "events", "callbacks", "cancel")
+FEATURES: tuple[str, ...] = ("deadline", "events", "callbacks", "cancel", "logs")
 DEFAULT_MAX_CONCURRENCY = 16
 EOF_GRACE_S = 0.5
 
@@ -302,7 +302,7 @@ class Server:
             )
             return
         try:
-            args, session_id, deadline_ms, events = self._envelope(message)
+            args, session_id, deadline_ms, events, logs = self._envelope(message)
         except InvalidArguments as exc:
             self.reject(request_id, exc)
             return
@@ -320,7 +320,13 @@ class Server:
         # Inline commands answer before the next frame is read: nothing can cancel them, and
         # their deadline is only checked before they run.
         slot = self.requests.open(
-            request_id, command, received, deadline_ms, track=not cmd.inline, events=events
+            request_id,
+            command,
+            received,
+            deadline_ms,
+            track=not cmd.inline,
+            events=events,
+            logs=logs,
         )
         ctx = Context(
             request_id=request_id,
@@ -345,7 +351,7 @@ class Server:
     @staticmethod
     def _envelope(
         message: dict[str, Any],
-    ) -> tuple[dict[str, Any], str | None, float | None, bool]:
+    ) -> tuple[dict[str, Any], str | None, float | None, bool, bool]:
         args = message.get("args")
         if args is None:
             args = {}
@@ -361,12 +367,7 @@ class Server:
                 raise InvalidArguments(
                     "'deadline_ms' must be a non-negative number", {"field": "deadline_ms"}
                 )
-        events = message.get("events", False)
-        if events is None:
-            events = False
-        if not isinstance(events, bool):
-            raise InvalidArguments("'events' must be a bool", {"field": "events"})
-        return args, session_id, deadline_ms, events
+        return args, session_id, deadline_ms, _flag(message, "events"), _flag(message, "logs")
 
     def execute(self, cmd: Command, ctx: Context, args: dict[str, Any]) -> None:
         """Run a handler and answer through its slot (unless the slot was answered first)."""
@@ -440,6 +441,16 @@ class Server:
         return False
 
 
+def _flag(message: dict[str, Any], key: str) -> bool:
+    """An optional bool of the envelope (missing or ``null``: false)."""
+    flag = message.get(key)
+    if flag is None:
+        return False
+    if not isinstance(flag, bool):
+        raise InvalidArguments(f"'{key}' must be a bool", {"field": key})
+    return flag
+
+
 def _is_deadline_error(message: dict[str, Any]) -> bool:
     error = message.get("error")
     return isinstance(error, dict) and error.get("kind") == "DeadlineExceeded"
@@ -481,6 +492,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     proto_fd = protocol.claim_protocol_fd()
     options, unknown = parse_options(args)
     setup_logging(options.worker_id, options.log_level)
+    # Records logged while a request with "logs": true runs go to it as log events, too.
+    forward_request_logs(current_request)
     quiet_progress_bars()
     _install_signal_handlers()
     if unknown:

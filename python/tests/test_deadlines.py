@@ -73,7 +73,7 @@ def test_no_deadline_behaves_as_before(spawn: SpawnFn) -> None:
 def test_handshake_announces_protocol_2_and_deadline_zero_never_runs(spawn: SpawnFn) -> None:
     worker = spawn()
     assert worker.ready["protocol"] == 2
-    assert worker.ready["features"] == ["deadline", "events", "callbacks", "cancel"]
+    assert worker.ready["features"] == ["deadline", "events", "callbacks", "cancel", "logs"]
     _deadline_error(worker.request("sleep", {"ms": 30_000}, deadline_ms=0), 0, started=False)
     _deadline_error(worker.request("ping", deadline_ms=0), 0, started=False)
     stats = worker.call("get_stats")["requests"]

@@ -27,7 +27,7 @@ def _only_keys(frame: dict[str, Any], keys: set[str]) -> None:
 
 def test_handshake_announces_every_protocol_2_feature(worker: Worker) -> None:
     assert worker.ready["protocol"] == 2
-    assert worker.ready["features"] == ["deadline", "events", "callbacks", "cancel"]
+    assert worker.ready["features"] == ["deadline", "events", "callbacks", "cancel", "logs"]
 
 
 def test_events_only_for_a_request_that_asked(worker: Worker) -> None:

@@ -23,7 +23,7 @@ def test_handshake_is_first_frame_before_any_input(spawn: SpawnFn) -> None:
     assert ready == {
         "event": "ready",
         "protocol": 2,
-        "features": ["deadline", "events", "callbacks", "cancel"],
+        "features": ["deadline", "events", "callbacks", "cancel", "logs"],
         "worker_id": "w-7",
         "pid": worker.proc.pid,
         "python": platform.python_version(),  # the worker runs on this same interpreter
