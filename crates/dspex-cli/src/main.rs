@@ -9,6 +9,8 @@
 //! - `dspex eval`: a program scored on a devset with a metric.
 //! - `dspex optimize`: a program compiled by one of DSPy's optimizers, saved
 //!   in DSPy's JSON format.
+//! - `dspex serve`: the programs of a configuration file over HTTP (see
+//!   the dspex-server crate), until SIGTERM or Ctrl-C.
 //! - `dspex doctor`: the Python environment report, and a worker started.
 //!
 //! Ctrl-C stops cleanly: in-flight work is abandoned, every worker is
@@ -18,6 +20,7 @@ mod bench;
 mod compile;
 mod demo;
 mod run;
+mod serve;
 mod tools;
 
 use std::sync::Arc;
@@ -78,6 +81,9 @@ enum Cmd {
     Optimize(Box<compile::OptimizeArgs>),
     /// Run the benchmarks B1–B8 beside their anchors and print the table.
     Bench(bench::BenchArgs),
+    /// Serve the configured programs over HTTP (with /metrics, /openapi.json
+    /// and a live page at /).
+    Serve(serve::ServeArgs),
     /// Report the Python environment and check that a worker starts.
     Doctor,
 }
@@ -106,6 +112,9 @@ async fn main() -> Result<()> {
     }
     if let Cmd::Bench(args) = cli.command {
         return bench::run(python, args).await;
+    }
+    if let Cmd::Serve(args) = cli.command {
+        return serve::run(cli.config.as_deref(), cli.python, cli.project, args).await;
     }
 
     let (pool_size, mode) = match &cli.command {
@@ -164,7 +173,7 @@ async fn main() -> Result<()> {
                 Cmd::Run(args) => run::run(dspex, args).await,
                 Cmd::Eval(args) => compile::eval(dspex, *args).await,
                 Cmd::Optimize(args) => compile::optimize(dspex, *args).await,
-                Cmd::Doctor | Cmd::Bench(_) => Ok(()),
+                Cmd::Doctor | Cmd::Bench(_) | Cmd::Serve(_) => Ok(()),
             }
         }
     };

@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::api;
 use crate::config::ServeSettings;
@@ -101,6 +101,10 @@ impl AppState {
         self.0.draining.send_replace(true);
     }
 
+    pub(crate) fn drain_delay_ms(&self) -> u64 {
+        self.0.settings.drain_delay_ms
+    }
+
     fn draining(&self) -> bool {
         *self.0.draining.borrow()
     }
@@ -134,22 +138,30 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(guarded)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            close_when_draining,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let id = request
-                    .extensions()
-                    .get::<RequestId>()
-                    .and_then(|id| id.header_value().to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!(
-                    "http.request",
-                    method = %request.method(),
-                    path = request.uri().path(),
-                    request_id = id,
-                )
-            }),
+            TraceLayer::new_for_http()
+                // A failed call is counted in the metrics and logged where it
+                // failed; the access log says it at WARN, not ERROR.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN))
+                .make_span_with(|request: &Request| {
+                    let id = request
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or("");
+                    tracing::info_span!(
+                        "http.request",
+                        method = %request.method(),
+                        path = request.uri().path(),
+                        request_id = id,
+                    )
+                }),
         )
         .layer(SetRequestIdLayer::x_request_id(Sequential::default()))
         .with_state(state)
@@ -227,6 +239,22 @@ async fn authorize(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         response
     }
+}
+
+/// While draining, every response closes its connection, so clients move
+/// off before the idle connections are closed.
+async fn close_when_draining(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if state.draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn page() -> Html<&'static str> {

@@ -44,6 +44,11 @@ pub struct ServeSettings {
     pub max_timeout_ms: u64,
     /// The most programs the server holds (configured and created).
     pub max_programs: usize,
+    /// How long a graceful stop keeps serving after `/readyz` turned 503
+    /// and before it closes idle connections, in milliseconds: requests
+    /// already on their way still land, and clients move off (every
+    /// response meanwhile says `Connection: close`).
+    pub drain_delay_ms: u64,
 }
 
 impl Default for ServeSettings {
@@ -55,6 +60,7 @@ impl Default for ServeSettings {
             max_batch: 256,
             max_timeout_ms: 300_000,
             max_programs: 256,
+            drain_delay_ms: 500,
         }
     }
 }

@@ -180,7 +180,8 @@ impl Server {
         self.stop().await
     }
 
-    /// Stops gracefully: `/readyz` turns 503 and the live streams end, no
+    /// Stops gracefully: `/readyz` turns 503, the live streams end and
+    /// every response says `Connection: close`; after `drain_delay_ms` no
     /// new connection is accepted, the requests and streams in flight
     /// finish within the shutdown grace (`shutdown_grace_ms`), then the
     /// pool stops and its workers are gone.
@@ -194,6 +195,7 @@ impl Server {
     pub async fn stop(self) -> Result<(), ServeError> {
         let started = Instant::now();
         self.state.begin_drain();
+        tokio::time::sleep(Duration::from_millis(self.state.drain_delay_ms())).await;
         let _ = self.stop.send(true);
         let mut task = self.task;
         let served = match tokio::time::timeout(self.grace, &mut task).await {
