@@ -281,3 +281,42 @@ async fn the_projects_requirements_are_installed_as_a_layer() {
     pool.finish().await;
     std::fs::remove_dir_all(layer).unwrap();
 }
+
+/// A module's Python log record is emitted on the Rust side under the
+/// caller's span (with the `dspex.call` span naming the worker and pid).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_modules_log_records_are_folded_under_the_callers_span() {
+    use tracing::Instrument;
+    let logs = dspex_tests::logs::capture("info");
+    let service = service().await;
+    let dspex = &service.dspex;
+    dspex
+        .create_program("chatty", shout(), Module::python("svc.programs:Chatty"))
+        .await
+        .unwrap();
+    dspex
+        .execute(
+            "chatty",
+            json!({"question": "the meaning of life"}),
+            ExecuteOptions::default(),
+        )
+        .instrument(tracing::info_span!("http.request", request_id = "req-4242"))
+        .await
+        .unwrap();
+    let logs = logs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let line = logs
+        .lines()
+        .find(|line| {
+            line.contains("thinking hard about the meaning of life")
+                && line.contains("dspex::python")
+        })
+        .unwrap_or_else(|| panic!("the record was not emitted on the Rust side:\n{logs}"));
+    assert!(line.contains("request_id=\"req-4242\""), "{line}");
+    assert!(line.contains("dspex.call{program=\"chatty\""), "{line}");
+    assert!(line.contains("pid="), "{line}");
+    assert!(line.contains("logger=\"svc.chatty\""), "{line}");
+    assert!(line.contains("WARN"), "{line}");
+}
