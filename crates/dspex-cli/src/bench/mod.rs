@@ -21,6 +21,8 @@ use dspex::protocol::Command;
 use dspex::{Dspex, ExecuteOptions, LmConfig, ModeSetting, Module, Signature, SpawnSetting};
 use serde_json::{Value, json};
 
+mod serve;
+
 /// How long B4 lets a fresh zygote finish its deferred imports before the
 /// first kill.
 const ZYGOTE_WARM: Duration = Duration::from_secs(8);
@@ -72,6 +74,7 @@ struct Sizes {
     b6_calls: usize,
     b6_one_at_a_time_calls: usize,
     b7_calls: usize,
+    b8_duration: Duration,
 }
 
 impl Sizes {
@@ -85,6 +88,7 @@ impl Sizes {
             b6_calls: if quick { 2_000 } else { 5_000 },
             b6_one_at_a_time_calls: if quick { 240 } else { 480 },
             b7_calls: if quick { 300 } else { 1_000 },
+            b8_duration: Duration::from_secs(if quick { 5 } else { 10 }),
         }
     }
 }
@@ -553,20 +557,6 @@ impl Bench {
             goal: "≤ 1.1×".into(),
             met: Some(ratio <= 1.1),
             note: String::new(),
-        }])
-    }
-
-    /// B8: HTTP serving needs `dspex serve`.
-    async fn b8(&self) -> Result<Vec<Row>> {
-        Ok(vec![Row {
-            id: "B8",
-            workload: "HTTP serving, 64 clients, offline LM 50 ms".into(),
-            ours: "not measured".into(),
-            anchors: "FastAPI + dspy.asyncify + uvicorn (`dspex_bridge.bench serve`)".into(),
-            ratio: "-".into(),
-            goal: "≥ 4× at ≤ its p99".into(),
-            met: None,
-            note: "`dspex serve` does not exist yet".into(),
         }])
     }
 
