@@ -26,6 +26,7 @@ fn execute_request() -> HostFrame {
         session_id: None,
         deadline_ms: Some(30_000),
         events: false,
+        logs: false,
     })
 }
 

@@ -448,8 +448,10 @@ proptest! {
         args in value(),
         session in proptest::option::of("[a-z0-9-]{1,12}"),
         deadline in proptest::option::of(any::<u64>()),
+        events in any::<bool>(),
+        logs in any::<bool>(),
     ) {
-        let request = Request { id, command, args, session_id: session, deadline_ms: deadline, events: false };
+        let request = Request { id, command, args, session_id: session, deadline_ms: deadline, events, logs };
         let mut wire = BytesMut::new();
         Client::default().encode(&request, &mut wire).unwrap();
         prop_assert_eq!(Worker::default().decode(&mut wire).unwrap(), Some(request));

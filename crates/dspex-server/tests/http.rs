@@ -532,3 +532,94 @@ async fn draining_turns_readiness_off_and_lets_in_flight_calls_finish() {
         "still listening after the stop"
     );
 }
+
+async fn slow_server(extra_config: &str, latency_ms: u64) -> Server {
+    let file = ServeFile::from_toml(&format!("{extra_config}\n{FILE}"), None).unwrap();
+    let mut lm = LmConfig::dummy();
+    lm.extra.insert("latency_ms".into(), latency_ms.into());
+    let dspex = Dspex::builder()
+        .config(file.dspex.clone())
+        .adapter(AdapterKind::Mock)
+        .lm(lm)
+        .start()
+        .await
+        .unwrap();
+    Server::start_with(dspex, file, None).await.unwrap()
+}
+
+#[tokio::test]
+async fn overload_is_429_and_a_passed_deadline_504_each_with_its_category() {
+    let server = slow_server("max_in_flight = 1", 400).await;
+    let target = url(&server, "/v1/programs/echo/execute");
+    let first = tokio::spawn({
+        let target = target.clone();
+        async move {
+            reqwest::Client::new()
+                .post(target)
+                .json(&json!({"inputs": {"text": "first"}}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.state().dspex().status().in_flight < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first call never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let response = reqwest::Client::new()
+        .post(&target)
+        .json(&json!({"inputs": {"text": "second"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["category"], "overloaded");
+    assert_eq!(body["error"]["retryable"], true);
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+
+    let (status, body) = post(
+        &server,
+        "/v1/programs/echo/execute",
+        json!({"inputs": {"text": "late"}, "timeout_ms": 50}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["category"], "timeout");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_programs_lm_key_never_appears_in_a_response() {
+    let key = "sk-never-shown-0123456789";
+    let extra = format!(
+        "[[programs]]\nid = \"keyed\"\nsignature = \"q -> a\"\nlm = {{ model = \"dummy\", api_key = \"{key}\" }}\n"
+    );
+    let server = server(&extra, None).await;
+    let (status, body) = post(
+        &server,
+        "/v1/programs/keyed/execute",
+        json!({"inputs": {"q": "x"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.to_string().contains(key));
+    for path in [
+        "/v1/programs",
+        "/v1/programs/keyed",
+        "/v1/status",
+        "/openapi.json",
+        "/metrics",
+        "/",
+    ] {
+        let (_, text) = get(&server, path).await;
+        assert!(!text.contains(key), "{path} shows the key");
+    }
+    server.stop().await.unwrap();
+}
