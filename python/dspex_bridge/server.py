@@ -16,13 +16,13 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import protocol, zygote
 from .callbacks import CallbackTable
 from .commands import Command, Context, NoReply, Registry, WorkerState, default_registry
+from .dispatch import RequestThreads
 from .errors import InvalidArguments, ProtocolError, UnknownCommand, from_exception
 from .logs import adopt_dspy_logging, forward_request_logs, quiet_progress_bars, setup_logging
 from .requests import MAX_REQUEST_ID, ReplySlot, RequestTable, bind, current_request
@@ -151,9 +151,7 @@ class Server:
         self.callbacks = CallbackTable()
         self.state.callbacks = self.callbacks
         self.requests = RequestTable(self.send, self._answered, self.callbacks, self.send_side)
-        self.executor = ThreadPoolExecutor(
-            max_workers=options.max_concurrency, thread_name_prefix="dspex-req"
-        )
+        self.executor = RequestThreads(options.max_concurrency, "dspex-req")
         self._dspy_lock = threading.Lock()
         self._dspy: Any = None
         self._ignore_eof = False
