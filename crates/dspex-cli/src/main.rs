@@ -19,6 +19,7 @@
 mod bench;
 mod compile;
 mod demo;
+mod logging;
 mod run;
 mod serve;
 mod tools;
@@ -90,13 +91,7 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DSPEX_LOG")
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _logging = logging::init();
     let cli = Cli::parse();
     // Registered before anything starts, so a Ctrl-C at any moment — even
     // while workers boot — goes through the clean shutdown below.
@@ -114,7 +109,14 @@ async fn main() -> Result<()> {
         return bench::run(python, args).await;
     }
     if let Cmd::Serve(args) = cli.command {
-        return serve::run(cli.config.as_deref(), cli.python, cli.project, args).await;
+        return serve::run(
+            cli.config.as_deref(),
+            cli.adapter,
+            cli.python,
+            cli.project,
+            args,
+        )
+        .await;
     }
 
     let (pool_size, mode) = match &cli.command {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dspex::Secret;
+use dspex::{AdapterKind, Secret};
 use dspex_server::{ServeFile, Server};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -28,6 +28,7 @@ pub(crate) struct ServeArgs {
 /// signal, then stops gracefully.
 pub(crate) async fn run(
     config: Option<&Path>,
+    adapter: Option<AdapterKind>,
     python: Option<PathBuf>,
     project: Option<PathBuf>,
     args: ServeArgs,
@@ -39,6 +40,9 @@ pub(crate) async fn run(
     file.dspex
         .apply_env(|name| std::env::var(name).ok())
         .context("applying DSPEX_* variables")?;
+    if let Some(adapter) = adapter {
+        file.dspex.adapter = adapter;
+    }
     if let Some(python) = python {
         file.dspex.python.interpreter = Some(python);
     }

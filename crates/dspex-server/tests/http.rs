@@ -432,6 +432,7 @@ async fn metrics_count_requests_by_program_and_outcome() {
         .find(|l| {
             l.starts_with("dspex_requests_total{")
                 && l.contains("program=\"echo\"")
+                && l.contains("operation=\"execute\"")
                 && l.contains("outcome=\"ok\"")
         })
         .unwrap_or_else(|| panic!("no request counter in:\n{text}"));

@@ -136,6 +136,9 @@ pub enum Error {
     /// The worker died while serving the call.
     #[error("the worker crashed ({exit}){}", tail(.stderr_tail))]
     WorkerCrashed {
+        /// Its OS pid (0 when not known): the calls it was serving fail
+        /// together, as one incident.
+        pid: u32,
         /// How it ended.
         exit: Exit,
         /// The last lines it wrote to stderr.
@@ -458,9 +461,17 @@ impl From<WorkerError> for Error {
                 after,
             },
             WorkerError::WorkerExited {
-                exit, stderr_tail, ..
-            } => Self::WorkerCrashed { exit, stderr_tail },
+                pid,
+                exit,
+                stderr_tail,
+                ..
+            } => Self::WorkerCrashed {
+                pid,
+                exit,
+                stderr_tail,
+            },
             WorkerError::Killed { reason, .. } => Self::WorkerCrashed {
+                pid: 0,
                 exit: Exit::Signal(9),
                 stderr_tail: reason,
             },

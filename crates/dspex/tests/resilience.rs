@@ -48,6 +48,7 @@ async fn flaky(failures: u32, error: Error, config: Config) -> (Dspex, Arc<Atomi
 
 fn crash() -> Error {
     Error::WorkerCrashed {
+        pid: 0,
         exit: Exit::Signal(9),
         stderr_tail: String::new(),
     }

@@ -3,7 +3,8 @@
 //!
 //! After `failure_threshold` consecutive failures that say the machinery is
 //! broken ([`Error::indicates_broken_worker`]: crashes, protocol
-//! violations — never a structured error reply, a slow LM or a refusal) it
+//! violations — never a structured error reply, a slow LM or a refusal;
+//! the calls of one dead worker, which fail together, count once) it
 //! opens and refuses calls at once for `cooldown`, with the time left as the
 //! error's suggested delay; then it lets one probe through (half-open). The
 //! probe's success closes it; its failure opens it again. A probe is a
@@ -66,6 +67,8 @@ pub struct CircuitBreaker {
     config: BreakerConfig,
     epoch: Instant,
     failures: AtomicU32,
+    /// The pid of the dead worker whose failure was counted last.
+    last_incident: AtomicU64,
     /// Milliseconds since `epoch` + 1 when it opened; 0 while closed.
     opened_at: AtomicU64,
     probing: AtomicBool,
@@ -80,6 +83,7 @@ impl CircuitBreaker {
             config,
             epoch: Instant::now(),
             failures: AtomicU32::new(0),
+            last_incident: AtomicU64::new(0),
             opened_at: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             trips: AtomicU64::new(0),
@@ -148,9 +152,21 @@ impl CircuitBreaker {
             }
             return;
         }
+        let probe_failed = self.probing.swap(false, Ordering::AcqRel);
+        // The calls one dead worker was serving fail together: one incident,
+        // counted once (a worker serves many calls at once).
+        let incident = match error {
+            Error::WorkerCrashed { pid, .. } if *pid != 0 => u64::from(*pid),
+            _ => 0,
+        };
+        if incident != 0
+            && !probe_failed
+            && self.last_incident.swap(incident, Ordering::AcqRel) == incident
+        {
+            return;
+        }
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let threshold = self.config.failure_threshold;
-        let probe_failed = self.probing.swap(false, Ordering::AcqRel);
         if threshold > 0 && (failures >= threshold || probe_failed) {
             let was = self.opened_at.swap(self.now_ms(), Ordering::AcqRel);
             if was == 0 {
@@ -256,6 +272,7 @@ mod tests {
 
     fn crash() -> Error {
         Error::WorkerCrashed {
+            pid: 0,
             exit: Exit::Signal(9),
             stderr_tail: String::new(),
         }
@@ -301,6 +318,26 @@ mod tests {
         assert!(next.is_probe());
         next.record(&Ok(()));
         assert_eq!(breaker.status().state, BreakerState::Closed);
+    }
+
+    #[test]
+    fn the_calls_of_one_dead_worker_count_as_one_failure() {
+        let breaker = breaker(3, Duration::from_secs(60));
+        let crash_of = |pid| Error::WorkerCrashed {
+            pid,
+            exit: Exit::Signal(9),
+            stderr_tail: String::new(),
+        };
+        // Sixteen calls in flight on worker 41 when it died.
+        for _ in 0..16 {
+            breaker.acquire().unwrap().record::<()>(&Err(crash_of(41)));
+        }
+        assert_eq!(breaker.status().state, BreakerState::Closed);
+        assert_eq!(breaker.status().consecutive_failures, 1);
+        // Three dead workers in a row are three failures: it opens.
+        breaker.acquire().unwrap().record::<()>(&Err(crash_of(42)));
+        breaker.acquire().unwrap().record::<()>(&Err(crash_of(43)));
+        assert_eq!(breaker.status().state, BreakerState::Open);
     }
 
     #[test]

@@ -198,6 +198,7 @@ mod tests {
 
     fn crash() -> Error {
         Error::WorkerCrashed {
+            pid: 0,
             exit: Exit::Signal(9),
             stderr_tail: String::new(),
         }
