@@ -289,7 +289,8 @@ async fn serve_runs_programs_over_http_and_drains_on_sigterm() {
     assert!(doc["paths"]["/v1/programs/slow/execute"].is_object());
     validate_openapi(&doc);
 
-    // Eight calls of 1.5 s in flight, then SIGTERM: each gets its answer.
+    // Eight calls and a stream of 1.5 s in flight, then SIGTERM: each gets
+    // its answer.
     let started = served.descendants();
     assert!(
         started.len() >= 3,
@@ -313,7 +314,36 @@ async fn serve_runs_programs_over_http_and_drains_on_sigterm() {
         assert!(Instant::now() < deadline, "calls never got in flight");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let stream = {
+        let client = client.clone();
+        let url = served.url("/v1/programs/slow/stream");
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .json(&json!({"inputs": {"text": "streamed"}}))
+                .send()
+                .await?;
+            response.text().await
+        })
+    };
+    while served.status().await["in_flight"].as_u64().unwrap() < 9 {
+        assert!(Instant::now() < deadline, "the stream never got in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let stopping = tokio::task::spawn_blocking(move || served.terminate(&started));
+    let streamed = stream
+        .await
+        .unwrap()
+        .expect("a stream in flight at SIGTERM was cut");
+    assert!(
+        streamed
+            .trim_end()
+            .rsplit("\n\n")
+            .next()
+            .unwrap()
+            .starts_with("event: prediction"),
+        "{streamed}"
+    );
     for call in calls {
         let response = call
             .await

@@ -624,3 +624,70 @@ async fn a_programs_lm_key_never_appears_in_a_response() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_configured_program_loads_its_compiled_state_file() {
+    // A program saved as `dspex optimize --out` saves it, with its demos.
+    let dir = std::env::temp_dir().join(format!("dspex-serve-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("capital.json");
+    let author = Dspex::builder()
+        .adapter(AdapterKind::Mock)
+        .lm(LmConfig::dummy())
+        .start()
+        .await
+        .unwrap();
+    author
+        .create_program(
+            "capital",
+            dspex::Signature::parse("country: str -> capital: str").unwrap(),
+            dspex::Module::Predict,
+        )
+        .await
+        .unwrap();
+    let demos =
+        vec![serde_json::from_value(json!({"country": "France", "capital": "Paris"})).unwrap()];
+    author.set_demos("capital", demos).await.unwrap();
+    author.save_program("capital", &saved).await.unwrap();
+    author.shutdown().await;
+
+    // No signature in the file: the saved one is used.
+    let toml = "[serve]\nbind = \"127.0.0.1:0\"\n[[programs]]\nid = \"capital\"\nstate = \"capital.json\"\n";
+    let file = ServeFile::from_toml(toml, Some(&dir)).unwrap();
+    let dspex = Dspex::builder()
+        .adapter(AdapterKind::Mock)
+        .lm(LmConfig::dummy())
+        .start()
+        .await
+        .unwrap();
+    let server = Server::start_with(dspex, file, None).await.unwrap();
+    let (status, text) = get(&server, "/v1/programs/capital").await;
+    assert_eq!(status, StatusCode::OK);
+    let detail: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(detail["signature"], "country: str -> capital: str");
+    assert_eq!(detail["compiled"], true, "{detail}");
+    let (status, body) = post(
+        &server,
+        "/v1/programs/capital/execute",
+        json!({"inputs": {"country": "Japan"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.stop().await.unwrap();
+
+    // A state file that is not there is refused at start, naming the program.
+    let toml = "[serve]\nbind = \"127.0.0.1:0\"\n[[programs]]\nid = \"gone\"\nsignature = \"a -> b\"\nstate = \"missing.json\"\n";
+    let file = ServeFile::from_toml(toml, Some(&dir)).unwrap();
+    let dspex = Dspex::builder()
+        .adapter(AdapterKind::Mock)
+        .lm(LmConfig::dummy())
+        .start()
+        .await
+        .unwrap();
+    let error = Server::start_with(dspex, file, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("gone"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
