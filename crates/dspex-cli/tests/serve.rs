@@ -270,12 +270,12 @@ async fn serve_runs_programs_over_http_and_drains_on_sigterm() {
         .await
         .unwrap();
     for expected in [
-        "dspex_requests_total{program=\"qa\",operation=\"execute\",outcome=\"ok\"} 1",
-        "dspex_requests_total{program=\"qa\",operation=\"stream\",outcome=\"ok\"} 1",
-        "dspex_lm_tokens_total{model=\"dummy\",kind=\"prompt\"}",
-        "dspex_workers{phase=\"idle\"}",
-        "dspex_worker_rss_bytes{worker=\"serve-test-0\"}",
-        "dspex_request_duration_seconds_bucket{program=\"qa\",operation=\"execute\",le=\"0.1\"}",
+        "dspex_requests_total{instance=\"serve-test\",program=\"qa\",operation=\"execute\",outcome=\"ok\"} 1",
+        "dspex_requests_total{instance=\"serve-test\",program=\"qa\",operation=\"stream\",outcome=\"ok\"} 1",
+        "dspex_lm_tokens_total{instance=\"serve-test\",model=\"dummy\",kind=\"prompt\"}",
+        "dspex_workers{instance=\"serve-test\",phase=\"idle\"}",
+        "dspex_worker_rss_bytes{instance=\"serve-test\",worker=\"serve-test-0\"}",
+        "dspex_request_duration_seconds_bucket{instance=\"serve-test\",program=\"qa\",operation=\"execute\",le=\"0.1\"}",
     ] {
         assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
     }

@@ -231,16 +231,15 @@ impl AppState {
         Ok(execute)
     }
 
-    pub(crate) fn summary(&self, info: &ProgramInfo) -> ProgramSummary {
+    /// `info` as listed, with its calls from `status`.
+    pub(crate) fn summary(info: &ProgramInfo, status: &dspex::Status) -> ProgramSummary {
         ProgramSummary {
             id: info.program_id.clone(),
             module: info.module.clone(),
             signature: info.signature.to_string(),
             demos: info.demos,
             compiled: info.compiled,
-            calls: self
-                .dspex()
-                .status()
+            calls: status
                 .usage
                 .get(&info.program_id)
                 .map_or(0, |usage| usage.calls),
@@ -316,7 +315,7 @@ pub(crate) async fn stream(
     let options = state.options(&id, body.options)?;
     let started = Instant::now();
     let mut predictions = state.dspex().execute_stream(&id, body.inputs, options)?;
-    let events = async_stream(move |tx| async move {
+    let events = channel_stream(move |tx| async move {
         while let Some(event) = predictions.next().await {
             let (event, last) = match event {
                 Ok(StreamEvent::Chunk(chunk)) => (
@@ -360,7 +359,7 @@ pub(crate) async fn stream(
 
 /// A stream fed by a task: the task ends (and with it the DSPex call) when
 /// the client goes.
-fn async_stream<F, Fut>(body: F) -> impl Stream<Item = Event>
+fn channel_stream<F, Fut>(body: F) -> impl Stream<Item = Event>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -438,12 +437,13 @@ pub(crate) async fn batch(
     responses((status = 200, description = "The programs, by id", body = Vec<ProgramSummary>)),
 )]
 pub(crate) async fn list(State(state): State<AppState>) -> Json<Vec<ProgramSummary>> {
+    let status = state.dspex().status();
     Json(
         state
             .dspex()
             .list_programs()
             .iter()
-            .map(|info| state.summary(info))
+            .map(|info| AppState::summary(info, &status))
             .collect(),
     )
 }
@@ -470,7 +470,7 @@ pub(crate) async fn describe(
 
 pub(crate) fn detail(state: &AppState, info: &ProgramInfo) -> ProgramDetail {
     ProgramDetail {
-        summary: state.summary(info),
+        summary: AppState::summary(info, &state.dspex().status()),
         instructions: info.signature.instructions().to_owned(),
         input_schema: info.signature.input_schema(),
         output_schema: info.signature.output_schema(),

@@ -181,8 +181,12 @@ impl ServeFile {
         let parts: ServeParts = parts
             .try_into()
             .map_err(|e: toml::de::Error| ServeError::Config(format!("in TOML: {e}")))?;
-        let rest = toml::to_string(&table).map_err(|e| ServeError::Config(e.to_string()))?;
-        let mut dspex = Config::from_toml(&rest).map_err(|e| ServeError::Config(e.to_string()))?;
+        let mut dspex: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ServeError::Config(format!("in TOML: {e}")))?;
+        dspex
+            .validate()
+            .map_err(|e| ServeError::Config(e.to_string()))?;
         let mut programs = parts.programs;
         if let Some(base) = base {
             if let Some(project) = &mut dspex.python.project

@@ -796,7 +796,7 @@ impl Dspex {
             attempt: 1,
         };
         let operation = telemetry::operation(&request.execution.run);
-        let _job = telemetry::JobGauge::start(operation);
+        let _job = telemetry::JobGauge::start(self.name(), operation);
         let started = Instant::now();
         let span = tracing::info_span!(
             "dspex.call",
@@ -816,7 +816,13 @@ impl Dspex {
             Ok(_) => "ok",
             Err(error) => error.category().as_str(),
         };
-        telemetry::record_call(entry.version.id(), operation, outcome, started.elapsed());
+        telemetry::record_call(
+            self.name(),
+            entry.version.id(),
+            operation,
+            outcome,
+            started.elapsed(),
+        );
         result
     }
 
@@ -840,7 +846,7 @@ impl Dspex {
         let program = usage.entry(entry.version.id().to_owned()).or_default();
         program.calls += 1;
         program.tokens.add(&prediction.usage);
-        telemetry::record_tokens(&prediction.usage);
+        telemetry::record_tokens(self.name(), &prediction.usage);
         Ok(prediction)
     }
 

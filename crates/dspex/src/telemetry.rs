@@ -3,6 +3,10 @@
 //! (`dspex serve` installs a Prometheus one); with no recorder installed
 //! every call here is a no-op.
 //!
+//! Every metric carries an `instance` label, the instance's name (the
+//! `metrics` recorder is one per process: two instances in one process
+//! stay apart by it).
+//!
 //! | metric | kind | labels |
 //! |---|---|---|
 //! | `dspex_requests_total` | counter | `program`, `operation`, `outcome` (`ok` or the error's category) |
@@ -88,26 +92,28 @@ pub(crate) fn operation(run: &Run) -> &'static str {
 
 /// Counts a call that ended, and its time.
 pub(crate) fn record_call(
+    instance: &str,
     program: &str,
     operation: &'static str,
     outcome: &'static str,
     took: Duration,
 ) {
-    let program = program.to_owned();
-    counter!("dspex_requests_total", "program" => program.clone(), "operation" => operation, "outcome" => outcome)
+    let (instance, program) = (instance.to_owned(), program.to_owned());
+    counter!("dspex_requests_total", "instance" => instance.clone(), "program" => program.clone(), "operation" => operation, "outcome" => outcome)
         .increment(1);
-    histogram!("dspex_request_duration_seconds", "program" => program, "operation" => operation)
+    histogram!("dspex_request_duration_seconds", "instance" => instance, "program" => program, "operation" => operation)
         .record(took.as_secs_f64());
 }
 
 /// Keeps `dspex_jobs_running` right while a job runs, however it ends.
-pub(crate) struct JobGauge(Option<&'static str>);
+pub(crate) struct JobGauge(Option<metrics::Gauge>);
 
 impl JobGauge {
-    pub(crate) fn start(operation: &'static str) -> Self {
+    pub(crate) fn start(instance: &str, operation: &'static str) -> Self {
         if matches!(operation, "evaluate" | "optimize") {
-            gauge!("dspex_jobs_running", "operation" => operation).increment(1.0);
-            Self(Some(operation))
+            let running = gauge!("dspex_jobs_running", "instance" => instance.to_owned(), "operation" => operation);
+            running.increment(1.0);
+            Self(Some(running))
         } else {
             Self(None)
         }
@@ -116,18 +122,18 @@ impl JobGauge {
 
 impl Drop for JobGauge {
     fn drop(&mut self) {
-        if let Some(operation) = self.0 {
-            gauge!("dspex_jobs_running", "operation" => operation).decrement(1.0);
+        if let Some(running) = &self.0 {
+            running.decrement(1.0);
         }
     }
 }
 
 /// Counts a prediction's LM tokens by model.
-pub(crate) fn record_tokens(usage: &Usage) {
+pub(crate) fn record_tokens(instance: &str, usage: &Usage) {
     for (model, tokens) in &usage.by_model {
-        counter!("dspex_lm_tokens_total", "model" => model.clone(), "kind" => "prompt")
+        counter!("dspex_lm_tokens_total", "instance" => instance.to_owned(), "model" => model.clone(), "kind" => "prompt")
             .increment(tokens.prompt_tokens);
-        counter!("dspex_lm_tokens_total", "model" => model.clone(), "kind" => "completion")
+        counter!("dspex_lm_tokens_total", "instance" => instance.to_owned(), "model" => model.clone(), "kind" => "completion")
             .increment(tokens.completion_tokens);
     }
 }
@@ -139,23 +145,27 @@ impl Dspex {
     /// to be exact. Never waits on an actor.
     pub fn record_gauges(&self) {
         let status = self.status();
-        gauge!("dspex_in_flight").set(status.in_flight as f64);
-        gauge!("dspex_breaker_state").set(match status.breaker.state {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 1.0,
-            BreakerState::Open => 2.0,
-        });
+        let instance = self.name().to_owned();
+        gauge!("dspex_in_flight", "instance" => instance.clone()).set(status.in_flight as f64);
+        gauge!("dspex_breaker_state", "instance" => instance.clone()).set(
+            match status.breaker.state {
+                BreakerState::Closed => 0.0,
+                BreakerState::HalfOpen => 1.0,
+                BreakerState::Open => 2.0,
+            },
+        );
         let pool_failed = status.adapter.failed.is_some()
             || status
                 .adapter
                 .pool
                 .as_ref()
                 .is_some_and(|pool| matches!(pool.state, PoolState::Failed(_)));
-        gauge!("dspex_pool_failed").set(f64::from(u8::from(pool_failed)));
+        gauge!("dspex_pool_failed", "instance" => instance.clone())
+            .set(f64::from(u8::from(pool_failed)));
         let Some(pool) = &status.adapter.pool else {
             return;
         };
-        gauge!("dspex_queue_depth").set(pool.queued as f64);
+        gauge!("dspex_queue_depth", "instance" => instance.clone()).set(pool.queued as f64);
         for (phase, n) in [
             ("idle", pool.idle),
             ("busy", pool.busy),
@@ -163,16 +173,18 @@ impl Dspex {
             ("retiring", pool.retiring),
             ("not_started", pool.not_started),
         ] {
-            gauge!("dspex_workers", "phase" => phase).set(n as f64);
+            gauge!("dspex_workers", "instance" => instance.clone(), "phase" => phase).set(n as f64);
         }
-        counter!("dspex_worker_restarts_total").absolute(u64::from(pool.restarts));
-        counter!("dspex_worker_recycles_total").absolute(pool.counters.recycled);
+        counter!("dspex_worker_restarts_total", "instance" => instance.clone())
+            .absolute(u64::from(pool.restarts));
+        counter!("dspex_worker_recycles_total", "instance" => instance.clone())
+            .absolute(pool.counters.recycled);
         for worker in &pool.workers {
             let rss = match worker.rss_bytes {
                 0 if worker.pid != 0 => dspex_bridge::process::rss_bytes(worker.pid).unwrap_or(0),
                 measured => measured,
             };
-            gauge!("dspex_worker_rss_bytes", "worker" => worker.id.clone()).set(rss as f64);
+            gauge!("dspex_worker_rss_bytes", "instance" => instance.clone(), "worker" => worker.id.clone()).set(rss as f64);
         }
     }
 }
