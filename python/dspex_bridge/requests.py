@@ -419,9 +419,10 @@ def cooperative_sleep(seconds: float) -> None:
 class DeadlineScheduler:
     """One daemon thread that expires slots at their deadline.
 
-    Entries of slots answered before their deadline stay in the heap until they come up (or
-    until the heap doubles past ``COMPACT_MIN`` entries, when they are dropped at once), so
-    the heap holds at most about twice the live deadlines.
+    The entry of a slot answered before its deadline is dropped at once when it is the
+    heap's last (``discard``: a sequential caller's); the others stay in the heap until they
+    come up (or until the heap doubles past ``COMPACT_MIN`` entries, when they are dropped
+    at once), so the heap holds at most about twice the live deadlines.
     """
 
     def __init__(self) -> None:
@@ -448,6 +449,18 @@ class DeadlineScheduler:
                 self._thread.start()
             if self._heap[0][2] is slot:
                 self._cond.notify()
+
+    def discard(self, slot: ReplySlot) -> None:
+        """Drop an answered slot's entry now if that is cheap: when it is the heap's last.
+
+        A sequential caller's requests each have the latest deadline, so each entry is the
+        last one when its request is answered: the heap stays small, and answered slots are
+        not kept alive (into the collector's oldest generation) until their deadline.
+        """
+        with self._cond:
+            heap = self._heap
+            if heap and heap[-1][2] is slot:
+                heap.pop()  # the last entry is a leaf: the rest is still a heap
 
     def size(self) -> int:
         """Heap entries, including those of slots answered early (for tests)."""
@@ -553,5 +566,7 @@ class RequestTable:
         with self._lock:
             if self._pending.get(slot.request_id) is slot:
                 del self._pending[slot.request_id]
+        if slot.deadline is not None:
+            self.scheduler.discard(slot)
         if self._on_answer is not None:
             self._on_answer(slot, kind, replied)

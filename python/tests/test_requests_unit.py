@@ -265,3 +265,21 @@ def test_named_lms_lru_evicts_and_logs(caplog: pytest.LogCaptureFixture) -> None
     assert any("evicted lm_id 'b'" in r.getMessage() for r in caplog.records)
     assert named.clear() == 2
     assert len(named) == 0
+
+
+def test_a_sequential_callers_answered_slots_leave_the_heap_at_once() -> None:
+    sink = Sink()
+    table = RequestTable(sink.send)
+    scheduler = table.scheduler
+    live = table.open(1, "sleep", time.monotonic(), 600_000)  # stays pending
+    for request_id in range(2, 200):
+        slot = table.open(request_id, "echo", time.monotonic(), 600_000)
+        assert scheduler.size() == 2
+        slot.answer({"id": request_id, "ok": True, "result": None})
+        assert scheduler.size() == 1
+    # An entry that is not the last stays until it comes up (or the heap is compacted).
+    first = table.open(300, "echo", time.monotonic(), 600_000)
+    table.open(301, "echo", time.monotonic(), 600_000)
+    first.answer({"id": 300, "ok": True, "result": None})
+    assert scheduler.size() == 3
+    assert live.expired() is False
