@@ -1,7 +1,6 @@
-//! [`Dspex`]: the handle a service holds, and [`DspexBuilder`].
+//! [`Dspex`]: the handle a service holds (built by [`DspexBuilder`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,18 +15,13 @@ use tokio::sync::{broadcast, mpsc};
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::adapter::{
-    Adapter, AdapterService, AdapterStatus, ExecuteRequest, Execution, MockAdapter, Operation,
-    PoolAdapter,
-};
-use crate::config::{AdapterKind, Config, ModeSetting};
+use crate::adapter::{Adapter, AdapterStatus, ExecuteRequest, Execution, Operation};
+use crate::builder::DspexBuilder;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::module::Module;
 use crate::program::{Prediction, Program, ProgramInfo, ProgramUsage};
-use crate::resilience::{
-    BreakerStatus, CircuitBreaker, ExecuteStack, Gate, RetryPolicy, Retrying, StackParts,
-};
+use crate::resilience::{BreakerStatus, CircuitBreaker, ExecuteStack, Gate, RetryPolicy, Retrying};
 use crate::signature::{Signature, TypedSignature};
 use crate::stream::PredictionStream;
 use crate::telemetry;
@@ -125,262 +119,6 @@ pub struct Status {
     pub usage: BTreeMap<String, ProgramUsage>,
 }
 
-/// Builds a [`Dspex`]: from code, a TOML file and/or `DSPEX_*` variables,
-/// applied in the order called (later wins), then validated.
-///
-/// ```
-/// # tokio_test_block_on(async {
-/// use dspex::{AdapterKind, Dspex};
-///
-/// let dspex = Dspex::builder()
-///     .adapter(AdapterKind::Mock)
-///     .pool_size(2)
-///     .start()
-///     .await?;
-/// assert_eq!(dspex.status().adapter.kind, AdapterKind::Mock);
-/// dspex.shutdown().await;
-/// # Ok::<(), dspex::Error>(())
-/// # });
-/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
-/// #     tokio::runtime::Runtime::new().unwrap().block_on(f)
-/// # }
-/// ```
-#[derive(Debug, Clone, Default)]
-#[must_use]
-pub struct DspexBuilder {
-    config: Config,
-    error: Option<Error>,
-    lm: Option<LmConfig>,
-    adapter: Option<Arc<dyn Adapter>>,
-}
-
-impl DspexBuilder {
-    /// Replaces the whole configuration.
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Applies a TOML file (see [`Config`]).
-    pub fn config_file(mut self, path: impl AsRef<Path>) -> Self {
-        match Config::from_file(path) {
-            Ok(config) => self.config = config,
-            Err(error) => self.error = Some(error),
-        }
-        self
-    }
-
-    /// Applies the `DSPEX_*` environment variables (see [`Config::apply_env`]).
-    pub fn from_env(mut self) -> Self {
-        if let Err(error) = self.config.apply_env(|name| std::env::var(name).ok()) {
-            self.error = Some(error);
-        }
-        self
-    }
-
-    /// Chooses the adapter.
-    pub fn adapter(mut self, kind: AdapterKind) -> Self {
-        self.config.adapter = kind;
-        self
-    }
-
-    /// Uses this adapter instead of building one from the configuration
-    /// (for a mock with injected errors, for example).
-    pub fn with_adapter(mut self, adapter: Arc<dyn Adapter>) -> Self {
-        self.adapter = Some(adapter);
-        self
-    }
-
-    /// Chooses pool, single or disabled mode.
-    pub fn mode(mut self, mode: ModeSetting) -> Self {
-        self.config.mode = mode;
-        self
-    }
-
-    /// Sets the pool size.
-    pub fn pool_size(mut self, size: usize) -> Self {
-        self.config.pool_size = size;
-        self
-    }
-
-    /// Sets how many requests one worker serves at once.
-    pub fn per_worker_concurrency(mut self, n: usize) -> Self {
-        self.config.per_worker_concurrency = n;
-        self
-    }
-
-    /// Bounds the wait queue.
-    pub fn max_queue(mut self, max: usize) -> Self {
-        self.config.max_queue = Some(max);
-        self
-    }
-
-    /// Sets the checkout timeout.
-    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
-        self.config.checkout_timeout_ms = millis(timeout);
-        self
-    }
-
-    /// Sets the request timeout.
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.config.request_timeout_ms = millis(timeout);
-        self
-    }
-
-    /// Sets how long shutdown lets the calls in flight finish.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.config.shutdown_grace_ms = millis(grace);
-        self
-    }
-
-    /// Bounds the calls in flight through this handle; more are refused at
-    /// once.
-    pub fn max_in_flight(mut self, max: usize) -> Self {
-        self.config.max_in_flight = Some(max);
-        self
-    }
-
-    /// Sets the restart budget.
-    pub fn restart_budget(mut self, max_restarts: u32, within: Duration) -> Self {
-        self.config.restart.max_restarts = max_restarts;
-        self.config.restart.within_ms = millis(within);
-        self
-    }
-
-    /// Sets the retry policy.
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.config.retry.max_attempts = policy.max_attempts;
-        self.config.retry.base_ms = millis(policy.base);
-        self.config.retry.cap_ms = millis(policy.cap);
-        self
-    }
-
-    /// Configures this LM at start.
-    pub fn lm(mut self, lm: LmConfig) -> Self {
-        self.lm = Some(lm);
-        self
-    }
-
-    /// Uses this Python interpreter as is.
-    pub fn python(mut self, interpreter: impl Into<std::path::PathBuf>) -> Self {
-        self.config.python.interpreter = Some(interpreter.into());
-        self
-    }
-
-    /// Sets the service's Python project directory (see
-    /// [`crate::config::PythonSettings::project`]).
-    pub fn python_project(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
-        self.config.python.project = Some(dir.into());
-        self
-    }
-
-    /// How workers are started (default [`crate::SpawnSetting::Zygote`]).
-    pub fn spawn(mut self, setting: crate::SpawnSetting) -> Self {
-        self.config.python.spawn = setting;
-        self
-    }
-
-    /// Adds an environment variable for the workers.
-    pub fn worker_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.config.worker_env.push((key.into(), value.into()));
-        self
-    }
-
-    /// Sets the instance name (prefix of worker ids).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.config.name = name.into();
-        self
-    }
-
-    /// The configuration as it stands.
-    pub fn current_config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Validates the configuration and starts the adapter it names; then
-    /// configures the LM, if one was given.
-    ///
-    /// # Cancel safety
-    /// Not cancel safe once workers have started: a dropped future leaves
-    /// them running without a handle.
-    ///
-    /// # Errors
-    /// [`Error::Configuration`] for an invalid configuration or a Python that
-    /// cannot run workers; the adapter's start errors; the LM's rejection.
-    pub async fn start(self) -> Result<Dspex> {
-        if let Some(error) = self.error {
-            return Err(error);
-        }
-        let config = self.config;
-        config.validate()?;
-        let adapter: Arc<dyn Adapter> = match self.adapter {
-            Some(adapter) => adapter,
-            None => start_adapter(&config).await?,
-        };
-        let gate = Arc::new(Gate::default());
-        let breaker = Arc::new(CircuitBreaker::new(config.breaker_config()));
-        let retry = Retrying::new(config.retry_policy(), config.retry_budget());
-        let stack = crate::resilience::stack(
-            StackParts {
-                gate: Arc::clone(&gate),
-                default_timeout: config.request_timeout(),
-                retry: retry.clone(),
-                breaker: Arc::clone(&breaker),
-                max_in_flight: config.max_in_flight,
-            },
-            AdapterService::new(Arc::clone(&adapter)),
-        );
-        crate::telemetry::describe_metrics();
-        let dspex = Dspex {
-            inner: Arc::new(Inner {
-                name: config.name.clone(),
-                adapter,
-                stack,
-                gate,
-                breaker,
-                retry,
-                shutdown_grace: config.shutdown_grace(),
-                programs: RwLock::default(),
-                usage: Mutex::default(),
-            }),
-        };
-        let lm = match (self.lm, &config.lm) {
-            (Some(lm), _) => Some(lm),
-            (None, Some(settings)) => Some(settings.to_lm_config()?),
-            (None, None) => None,
-        };
-        if let Some(lm) = lm {
-            dspex.configure_lm(lm).await?;
-        }
-        crate::telemetry::spawn_gauge_task(Arc::downgrade(&dspex.inner));
-        Ok(dspex)
-    }
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The one place the configured adapter is resolved.
-async fn start_adapter(config: &Config) -> Result<Arc<dyn Adapter>> {
-    let pool_config = || config.pool_config();
-    Ok(match (config.adapter, config.mode) {
-        (AdapterKind::Mock, _) => Arc::new(MockAdapter::new()),
-        (AdapterKind::BridgeMock, ModeSetting::Pool) => {
-            Arc::new(PoolAdapter::bridge_mock(pool_config()).await?)
-        }
-        (AdapterKind::BridgeMock, ModeSetting::Single) => {
-            Arc::new(PoolAdapter::bridge_mock(pool_config().single()).await?)
-        }
-        (AdapterKind::BridgeMock, ModeSetting::Disabled) => {
-            return Err(Error::configuration(
-                "mode: the bridge mock runs fake workers; use mode pool or single",
-            ));
-        }
-        (AdapterKind::Python, _) => Arc::new(PoolAdapter::python(config.tree_config()).await?),
-    })
-}
-
 /// A running DSPex instance. Cheap to clone; clones share everything.
 #[derive(Debug, Clone)]
 pub struct Dspex {
@@ -388,17 +126,17 @@ pub struct Dspex {
 }
 
 pub(crate) struct Inner {
-    name: String,
-    adapter: Arc<dyn Adapter>,
+    pub(crate) name: String,
+    pub(crate) adapter: Arc<dyn Adapter>,
     /// The execute path: the resilience layers around the adapter.
-    stack: ExecuteStack,
-    gate: Arc<Gate>,
-    breaker: Arc<CircuitBreaker>,
-    retry: Retrying,
-    shutdown_grace: Duration,
+    pub(crate) stack: ExecuteStack,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    pub(crate) retry: Retrying,
+    pub(crate) shutdown_grace: Duration,
     /// The one store of programs: every adapter is given the version it runs.
-    programs: RwLock<HashMap<String, Arc<ProgramEntry>>>,
-    usage: Mutex<BTreeMap<String, ProgramUsage>>,
+    pub(crate) programs: RwLock<HashMap<String, Arc<ProgramEntry>>>,
+    pub(crate) usage: Mutex<BTreeMap<String, ProgramUsage>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -513,9 +251,9 @@ impl Dspex {
         demos: Vec<Map<String, Value>>,
         state: Option<Value>,
     ) -> Result<ProgramInfo> {
-        validate_program_id(program_id)?;
+        crate::program::validate_program_id(program_id)?;
         let (module_args, handlers) = module.build()?;
-        check_demos(&signature, &module, &demos)?;
+        crate::program::check_demos(&signature, &module, &demos)?;
         let version = ProgramVersion::new(ProgramDefinition {
             program_id: program_id.to_owned(),
             signature: signature.to_spec(),
@@ -1002,25 +740,6 @@ impl Dspex {
     }
 }
 
-fn validate_program_id(program_id: &str) -> Result<()> {
-    let ok = !program_id.is_empty()
-        && program_id.len() <= 128
-        && program_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::validation(
-            "program",
-            None,
-            format!(
-                "program id {program_id:?} must be 1-128 ASCII letters, digits, '_', '-', '.' or ':'"
-            ),
-        ))
-    }
-}
-
 /// An error of batch item `i`.
 fn in_item(i: usize, error: Error) -> Error {
     match error {
@@ -1035,49 +754,6 @@ fn in_item(i: usize, error: Error) -> Error {
         },
         other => other,
     }
-}
-
-/// Checks few-shot examples against the signature: every key a field (or
-/// an output the module adds, such as `reasoning`), every input the
-/// signature requires and every output present, each of its type.
-fn check_demos(signature: &Signature, module: &Module, demos: &[Map<String, Value>]) -> Result<()> {
-    if matches!(module, Module::Python(_)) && !demos.is_empty() {
-        return Err(Error::validation(
-            "demo",
-            None,
-            "a Python module owns its predictors: give it demos in Python, not here",
-        ));
-    }
-    for (i, demo) in demos.iter().enumerate() {
-        let bad = |message: String| Error::validation("demo", Some(i.to_string()), message);
-        let mut inputs = Map::new();
-        let mut outputs = Map::new();
-        for (name, value) in demo {
-            if signature.input(name).is_some() {
-                inputs.insert(name.clone(), value.clone());
-            } else if signature.output(name).is_some()
-                || module.added_outputs().contains(&name.as_str())
-            {
-                outputs.insert(name.clone(), value.clone());
-            } else {
-                let known: Vec<&str> = signature
-                    .inputs()
-                    .iter()
-                    .chain(signature.outputs())
-                    .map(|f| f.name())
-                    .collect();
-                return Err(bad(format!(
-                    "demo {i}: unknown field `{name}`; the signature's fields are {}",
-                    known.join(", ")
-                )));
-            }
-        }
-        signature
-            .validate_inputs(&inputs)
-            .and_then(|()| signature.validate_outputs(&outputs))
-            .map_err(|error| bad(format!("demo {i}: {error}")))?;
-    }
-    Ok(())
 }
 
 pub(crate) fn to_map(inputs: &impl Serialize) -> Result<Map<String, Value>> {

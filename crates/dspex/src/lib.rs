@@ -38,6 +38,7 @@
 //! [`signature`].
 
 pub mod adapter;
+mod builder;
 mod compile;
 pub mod config;
 mod dataset;
@@ -54,6 +55,7 @@ mod stream;
 mod telemetry;
 pub mod tool;
 
+pub use builder::DspexBuilder;
 pub use compile::{
     Auto, DEFAULT_JOB_TIMEOUT, EvaluateOptions, Evaluation, OptimizeOptions, Optimized, Optimizer,
     Outcome, SavedProgram,
@@ -66,7 +68,7 @@ pub use dspex_protocol::Budget;
 pub use dspex_protocol::{LmConfig, Secret};
 pub use error::{Category, Deadline, Error, Result};
 pub use event::Event;
-pub use handle::{Dspex, DspexBuilder, ExecuteOptions, Status};
+pub use handle::{Dspex, ExecuteOptions, Status};
 pub use metric::{Metric, Score};
 pub use module::{Base, BestOfN, Module, MultiChainComparison, PythonModule, React, Refine};
 pub use program::{Prediction, Program, ProgramInfo, ProgramUsage, TokenUsage, Usage};

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::handle::{Dspex, ExecuteOptions, ProgramEntry};
+use crate::module::Module;
 use crate::signature::{Signature, TypedSignature};
 
 /// A program's description.
@@ -318,4 +319,71 @@ impl<S: TypedSignature> Program<S> {
         self.dspex.set_demos(&self.program_id, demos).await?;
         Ok(self)
     }
+}
+
+/// Checks a program id: 1–128 ASCII letters, digits, `_-.:`.
+pub(crate) fn validate_program_id(program_id: &str) -> Result<()> {
+    let ok = !program_id.is_empty()
+        && program_id.len() <= 128
+        && program_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::validation(
+            "program",
+            None,
+            format!(
+                "program id {program_id:?} must be 1-128 ASCII letters, digits, '_', '-', '.' or ':'"
+            ),
+        ))
+    }
+}
+
+/// Checks few-shot examples against the signature: every key a field (or
+/// an output the module adds, such as `reasoning`), every input the
+/// signature requires and every output present, each of its type.
+pub(crate) fn check_demos(
+    signature: &Signature,
+    module: &Module,
+    demos: &[Map<String, Value>],
+) -> Result<()> {
+    if matches!(module, Module::Python(_)) && !demos.is_empty() {
+        return Err(Error::validation(
+            "demo",
+            None,
+            "a Python module owns its predictors: give it demos in Python, not here",
+        ));
+    }
+    for (i, demo) in demos.iter().enumerate() {
+        let bad = |message: String| Error::validation("demo", Some(i.to_string()), message);
+        let mut inputs = Map::new();
+        let mut outputs = Map::new();
+        for (name, value) in demo {
+            if signature.input(name).is_some() {
+                inputs.insert(name.clone(), value.clone());
+            } else if signature.output(name).is_some()
+                || module.added_outputs().contains(&name.as_str())
+            {
+                outputs.insert(name.clone(), value.clone());
+            } else {
+                let known: Vec<&str> = signature
+                    .inputs()
+                    .iter()
+                    .chain(signature.outputs())
+                    .map(|f| f.name())
+                    .collect();
+                return Err(bad(format!(
+                    "demo {i}: unknown field `{name}`; the signature's fields are {}",
+                    known.join(", ")
+                )));
+            }
+        }
+        signature
+            .validate_inputs(&inputs)
+            .and_then(|()| signature.validate_outputs(&outputs))
+            .map_err(|error| bad(format!("demo {i}: {error}")))?;
+    }
+    Ok(())
 }
