@@ -39,9 +39,11 @@
 //! `Failed`, and with a [`RevivePolicy`] tries again after a cool-down.
 
 mod actor;
+mod config;
 mod contract;
 mod lease;
 mod lifecycle;
+mod request;
 mod sessions;
 mod status;
 mod workers;
@@ -51,189 +53,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dspex_protocol::{
-    BatchArgs, Command, EvaluateArgs, ExecuteArgs, LmConfig, Map, OptimizeArgs, ProgramDefinition,
-    ProgramStateArgs, Value,
-};
+use dspex_protocol::{Command, LmConfig, ProgramDefinition, Value};
 use dspex_supervision::{
-    Backoff, ChildSpec, OnGiveUp, RestartIntensity, StartError, Strategy, Supervisor,
-    SupervisorHandle, SupervisorOptions,
+    ChildSpec, OnGiveUp, StartError, Strategy, Supervisor, SupervisorHandle, SupervisorOptions,
 };
 use ractor::{Actor, ActorRef};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 
 pub use actor::PoolMsg;
+pub use config::{
+    DEFAULT_PER_WORKER_CONCURRENCY, PoolConfig, RecyclePolicy, RevivePolicy, SpawnMode,
+};
 pub use contract::{CheckinDecision, CheckoutDecision, SkipReason};
 pub use lease::Lease;
+pub use request::{CheckoutOptions, ProgramVersion, RequestOptions, Run, Session};
 pub use sessions::SessionStore;
 pub use status::{PoolCounters, PoolEvent, PoolState, PoolStatus, SlotPhase, SlotStatus};
 
 use crate::context::{TreeContext, TreeSpec, kill_stragglers};
-use crate::health::{HealthConfig, HealthMonitor, HealthStatus};
-use crate::process::{FdLedger, RunTag, SpawnStrategy, StopGrace, ZygoteOptions};
-use crate::worker::{CallOptions, Hooks, WorkerConfig, WorkerEvent, WorkerHandle};
-use crate::{EnvError, PythonConfig, PythonEnv, WorkerError};
+use crate::health::{HealthMonitor, HealthStatus};
+use crate::process::{FdLedger, RunTag, SpawnStrategy, StopGrace};
+use crate::worker::{CallOptions, WorkerEvent, WorkerHandle};
+use crate::{EnvError, PythonEnv, WorkerError};
 use actor::{Inner, PoolActor, PoolArgs, SessionRequest, Waiter};
 use sessions::{JanitorArgs, SessionJanitor};
-
-/// Configuration of a pool.
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    /// Prefix of worker ids and the spawner thread's name.
-    pub name: String,
-    /// Where the Python comes from.
-    pub python: PythonConfig,
-    /// Each worker's timeouts and limits (`request_timeout` is the default
-    /// request deadline).
-    pub worker: WorkerConfig,
-    /// Workers kept in service (1 in single mode).
-    pub size: usize,
-    /// Extra workers started while callers wait and every worker is busy;
-    /// stopped again once idle.
-    pub max_overflow: usize,
-    /// Start workers on demand instead of all at once at start.
-    pub lazy: bool,
-    /// Leases one worker serves at once (1: one request per worker at a
-    /// time; more lets an LM-bound worker overlap requests).
-    pub per_worker_concurrency: usize,
-    /// How long a caller waits for a worker.
-    pub checkout_timeout: Duration,
-    /// Callers allowed to wait at once (`None`: unbounded).
-    pub max_queue: Option<usize>,
-    /// The workers' restart budget (default 3 in 5 s).
-    pub intensity: RestartIntensity,
-    /// Delay between restarts (default 100 ms ×2, capped at 5 s).
-    pub backoff: Backoff,
-    /// When workers are replaced although healthy.
-    pub recycle: RecyclePolicy,
-    /// Whether, and how soon, a `Failed` pool tries again (`None`: `Failed`
-    /// is terminal).
-    pub revive: Option<RevivePolicy>,
-    /// Health checks of ready workers.
-    pub health: HealthConfig,
-    /// How long an unused session is kept.
-    pub session_ttl: Duration,
-    /// Extra environment variables for workers.
-    pub env: Vec<(OsString, OsString)>,
-    /// Extra command-line arguments for workers.
-    pub args: Vec<OsString>,
-    /// Kill tagged workers of dead hosts at start.
-    pub sweep_orphans: bool,
-    /// How the pool creates its workers, unless `spawner` is given
-    /// (default: forked from a zygote).
-    pub spawn: SpawnMode,
-    /// A spawn strategy of the caller's own; overrides `spawn`.
-    pub spawner: Option<Arc<dyn SpawnStrategy>>,
-}
-
-/// Requests one worker serves at once by default. LM-bound work spends
-/// nearly all its time waiting on the LM, so one process overlaps many
-/// requests: with a 50 ms LM, 16 in flight per worker is 320 calls/s per
-/// worker, past what a core can format and parse (see the README).
-pub const DEFAULT_PER_WORKER_CONCURRENCY: usize = 16;
-
-/// How a tree creates its worker processes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SpawnMode {
-    /// Fork workers from a zygote that imported DSPy once
-    /// ([`ZygoteSpawner`](crate::process::ZygoteSpawner)); direct spawning
-    /// takes over whenever the zygote cannot serve.
-    Zygote(ZygoteOptions),
-    /// Start every worker as its own interpreter
-    /// ([`DirectSpawner`](crate::process::DirectSpawner)).
-    Direct,
-}
-
-impl Default for SpawnMode {
-    fn default() -> Self {
-        Self::Zygote(ZygoteOptions::default())
-    }
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        Self {
-            name: "pool".into(),
-            python: PythonConfig::default(),
-            worker: WorkerConfig::default(),
-            size: 4,
-            max_overflow: 0,
-            lazy: false,
-            per_worker_concurrency: DEFAULT_PER_WORKER_CONCURRENCY,
-            checkout_timeout: Duration::from_secs(5),
-            max_queue: None,
-            intensity: RestartIntensity::default(),
-            backoff: Backoff::default(),
-            recycle: RecyclePolicy::default(),
-            revive: None,
-            health: HealthConfig::default(),
-            session_ttl: Duration::from_secs(30 * 60),
-            env: Vec::new(),
-            args: Vec::new(),
-            sweep_orphans: true,
-            spawn: SpawnMode::default(),
-            spawner: None,
-        }
-    }
-}
-
-impl PoolConfig {
-    /// Single mode: this configuration with exactly one worker and no
-    /// overflow — the same machinery (queue, concurrency, sessions, LM and
-    /// program tracking, health monitor, recycling, revive) with one worker.
-    #[must_use]
-    pub fn single(mut self) -> Self {
-        self.size = 1;
-        self.max_overflow = 0;
-        self
-    }
-}
-
-/// When a healthy worker is replaced anyway, as gunicorn's `max_requests`,
-/// Celery's `max_tasks_per_child` or snakepit's `worker_ttl` do. The
-/// replacement is started first and the old worker retired once idle, so no
-/// caller sees an error and the pool never has fewer ready workers than its
-/// size. A worker holding a stateful session is recycled only once its
-/// sessions have ended or expired (its state would be lost).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RecyclePolicy {
-    /// After this many requests (leases) served.
-    pub max_requests: Option<u64>,
-    /// After this long in service.
-    pub max_age: Option<Duration>,
-    /// Once its resident memory exceeds this many MiB.
-    pub max_rss_mb: Option<u64>,
-}
-
-impl RecyclePolicy {
-    /// Whether any limit is set.
-    pub fn is_enabled(&self) -> bool {
-        self.max_requests.is_some() || self.max_age.is_some() || self.max_rss_mb.is_some()
-    }
-}
-
-/// How a `Failed` pool tries again: after `cooldown.delay(n)` for the `n`th
-/// consecutive attempt (so the default waits 1 s, 2 s, 4 s, ... up to 60 s),
-/// it starts its workers afresh under a new restart budget, and emits
-/// [`PoolEvent::Revived`] once a worker serves again.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RevivePolicy {
-    /// The cool-down before each attempt.
-    pub cooldown: Backoff,
-}
-
-impl Default for RevivePolicy {
-    fn default() -> Self {
-        Self {
-            cooldown: Backoff {
-                initial: Duration::from_secs(1),
-                factor: 2,
-                max: Duration::from_secs(60),
-            },
-        }
-    }
-}
 
 /// Why a pool call produced no result.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -274,158 +118,6 @@ pub enum PoolError {
     /// The pool could not start.
     #[error("could not start the pool: {0}")]
     Start(String),
-}
-
-/// How to check a worker out.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckoutOptions {
-    /// Overrides the pool's checkout timeout.
-    pub timeout: Option<Duration>,
-    /// The session, for affinity.
-    pub session: Option<Session>,
-}
-
-/// A session: affinity to one worker; a stateful session runs only there.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Session {
-    /// The session id.
-    pub id: String,
-    /// Whether the session keeps state on its worker (then it never runs
-    /// elsewhere, and fails with [`PoolError::SessionLost`] if that worker dies).
-    pub stateful: bool,
-}
-
-impl Session {
-    /// A session that prefers its worker but may move.
-    pub fn new(id: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            stateful: false,
-        }
-    }
-
-    /// A session pinned to its worker.
-    pub fn stateful(id: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            stateful: true,
-        }
-    }
-}
-
-/// Per-request options of [`Pool::call`] and [`Pool::execute`].
-#[derive(Debug, Clone, Default)]
-pub struct RequestOptions {
-    /// The checkout options.
-    pub checkout: CheckoutOptions,
-    /// The request's whole time budget, waiting for a worker included
-    /// (default: the worker's `request_timeout`). The worker is given what
-    /// is left of it when the request is sent.
-    pub timeout: Option<Duration>,
-    /// An LM for this request only (`execute` only). A worker registers it
-    /// once (by [`LmConfig::id`]); later requests only name it.
-    pub lm: Option<LmConfig>,
-    /// The request's callbacks and events.
-    pub hooks: Hooks,
-}
-
-/// What [`Pool::execute`] runs with a program: one call, a batch, an
-/// evaluation, an optimization, or the dump of its state. The pool fills in
-/// the program (`program_id`, and the definition when the worker lacks it)
-/// and the LM override's id.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Run {
-    /// `execute_program`: one map of inputs.
-    One(ExecuteArgs),
-    /// `execute_batch`: many, run with DSPy's own parallelism.
-    Batch(BatchArgs),
-    /// `evaluate`: a devset scored with a metric.
-    Evaluate(EvaluateArgs),
-    /// `optimize`: the program compiled by one of DSPy's optimizers.
-    Optimize(OptimizeArgs),
-    /// `get_program_state`: the program's state as DSPy dumps it.
-    State(ProgramStateArgs),
-}
-
-impl Run {
-    /// One call on `inputs`.
-    pub fn once(inputs: Map<String, Value>) -> Self {
-        Self::One(ExecuteArgs {
-            inputs,
-            ..ExecuteArgs::default()
-        })
-    }
-
-    /// The command for `program`, with its definition or without.
-    pub fn command(
-        &self,
-        program: &ProgramVersion,
-        with_definition: bool,
-        lm_id: Option<&str>,
-    ) -> Command {
-        let program_id = program.id().to_owned();
-        let definition = with_definition.then(|| (*program.definition).clone());
-        let lm_id = lm_id.map(str::to_owned);
-        match self {
-            Self::One(args) => Command::ExecuteProgram(ExecuteArgs {
-                program_id,
-                program: definition,
-                lm_id,
-                lm: None,
-                ..args.clone()
-            }),
-            Self::Batch(args) => Command::ExecuteBatch(BatchArgs {
-                program_id,
-                program: definition,
-                lm_id,
-                ..args.clone()
-            }),
-            Self::Evaluate(args) => Command::Evaluate(EvaluateArgs {
-                program_id,
-                program: definition,
-                lm_id,
-                ..args.clone()
-            }),
-            Self::Optimize(args) => Command::Optimize(OptimizeArgs {
-                program_id,
-                program: definition,
-                lm_id,
-                ..args.clone()
-            }),
-            Self::State(_) => Command::GetProgramState(ProgramStateArgs {
-                program_id,
-                program: definition,
-            }),
-        }
-    }
-}
-
-/// One version of a program: its definition and [`ProgramDefinition::hash`].
-/// A worker that has loaded this hash has this exact definition.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProgramVersion {
-    /// The definition sent to workers that lack it.
-    pub definition: Arc<ProgramDefinition>,
-    /// Its hash.
-    pub hash: String,
-}
-
-impl ProgramVersion {
-    /// The version of `definition`.
-    pub fn new(definition: ProgramDefinition) -> Self {
-        Self::from_arc(Arc::new(definition))
-    }
-
-    /// The version of a shared definition.
-    pub fn from_arc(definition: Arc<ProgramDefinition>) -> Self {
-        let hash = definition.hash();
-        Self { definition, hash }
-    }
-
-    /// The program id.
-    pub fn id(&self) -> &str {
-        &self.definition.program_id
-    }
 }
 
 /// A running pool. Cheap to clone; every clone drives the same pool.
