@@ -444,6 +444,10 @@ class DeadlineScheduler:
         self._seq = itertools.count()
         self._compact_at = COMPACT_MIN
         self._thread: threading.Thread | None = None
+        # When the scheduler thread wakes by itself from its last wait (None: it waits
+        # until notified). A new deadline wakes it only if it is earlier: the thread never
+        # sleeps past the earliest live deadline, and is not woken for every request.
+        self._wake_at: float | None = None
         self.fired = 0
 
     def add(self, slot: ReplySlot) -> None:
@@ -460,7 +464,7 @@ class DeadlineScheduler:
                     target=self._run, name="dspex-deadline", daemon=True
                 )
                 self._thread.start()
-            if self._heap[0][2] is slot:
+            if self._wake_at is None or slot.deadline < self._wake_at:
                 self._cond.notify()
 
     def discard(self, slot: ReplySlot) -> None:
@@ -484,6 +488,7 @@ class DeadlineScheduler:
         with self._cond:
             while True:
                 if not self._heap:
+                    self._wake_at = None
                     self._cond.wait()
                     continue
                 deadline, _, slot = self._heap[0]
@@ -492,6 +497,7 @@ class DeadlineScheduler:
                     continue
                 wait = deadline - time.monotonic()
                 if wait > 0:
+                    self._wake_at = deadline
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)

@@ -283,3 +283,17 @@ def test_a_sequential_callers_answered_slots_leave_the_heap_at_once() -> None:
     first.answer({"id": 300, "ok": True, "result": None})
     assert scheduler.size() == 3
     assert live.expired() is False
+
+
+def test_an_earlier_deadline_wakes_the_scheduler_after_a_discarded_later_one() -> None:
+    sink = Sink()
+    table = RequestTable(sink.send)
+    late = table.open(1, "echo", time.monotonic(), 60_000)
+    time.sleep(0.05)  # the scheduler now sleeps until the late deadline
+    late.answer({"id": 1, "ok": True, "result": None})  # discarded from the heap
+    started = time.monotonic()
+    soon = table.open(2, "sleep", started, 50)
+    assert soon.abandoned.wait(2.0)
+    assert time.monotonic() - started < 1.0
+    assert [f["id"] for f in sink.frames] == [1, 2]
+    assert sink.frames[1]["error"]["kind"] == "DeadlineExceeded"
