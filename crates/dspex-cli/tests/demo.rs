@@ -3,21 +3,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::alive;
+
+mod common;
+
 fn dspex() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dspex"));
     command.env_remove("DSPEX_PYTHON").env_remove("DSPEX_LM");
     command
-}
-
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
 }
 
 /// Worker processes (children running `dspex_bridge`) of `parent`.

@@ -4,14 +4,14 @@
 //! `cargo test -p dspex-cli --features otel --test otel`.
 #![cfg(feature = "otel")]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
+
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exports_its_request_spans_over_otlp() {
@@ -38,23 +38,10 @@ async fn serve_exports_its_request_spans_over_otlp() {
         "adapter = \"mock\"\n[lm]\nmodel = \"dummy\"\n[[programs]]\nid = \"qa\"\nsignature = \"question -> answer\"\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dspex"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--bind", "127.0.0.1:0"])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("dspex serve: listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut child, base) = common::start_serve(
+        &config,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    );
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/programs/qa/execute"))
         .json(&serde_json::json!({"inputs": {"question": "traced?"}}))

@@ -3,7 +3,6 @@
 //! scenario 48, and the live page in a real browser.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +11,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
+
+mod common;
 
 const CONFIG: &str = r#"
 name = "serve-test"
@@ -45,25 +46,7 @@ impl Served {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dspex.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dspex"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .args(["--bind", "127.0.0.1:0"])
-            .env_remove("DSPEX_PYTHON")
-            .env_remove("DSPEX_LM")
-            .env_remove("DSPEX_SERVE_TOKEN")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("dspex serve: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (child, base) = common::start_serve(&path, &[]);
         Self {
             child,
             base,
@@ -164,14 +147,7 @@ fn processes() -> Vec<(u32, u32)> {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
+    common::alive(u64::from(pid))
 }
 
 async fn wait_ready(served: &Served) {

@@ -219,7 +219,7 @@ impl AppState {
             execute.timeout = Some(Duration::from_millis(ms));
         }
         if let Some(session) = options.session {
-            check_id("session", &session)?;
+            dspex::validate_id("session", &session)?;
             execute.session = Some(if options.stateful {
                 Session::stateful(session)
             } else {
@@ -244,22 +244,6 @@ impl AppState {
                 .get(&info.program_id)
                 .map_or(0, |usage| usage.calls),
         }
-    }
-}
-
-/// Ids from requests: 1–128 ASCII letters, digits, `_-.:`.
-fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::validation(format!(
-            "{what} {id:?} must be 1-128 ASCII letters, digits, '_', '-', '.' or ':'"
-        )))
     }
 }
 
@@ -503,7 +487,7 @@ pub(crate) async fn create(
             "creating programs over HTTP is off (serve.allow_create)",
         ));
     }
-    check_id("program id", &body.id)?;
+    dspex::validate_id("program", &body.id)?;
     let module = match module_named(&body.module) {
         Some(module) if module.name() != "python" => module,
         _ => {

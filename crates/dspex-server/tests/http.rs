@@ -26,15 +26,20 @@ id = "echo"
 signature = "text: str -> reply: str"
 "#;
 
-async fn server(extra: &str, token: Option<&str>) -> Server {
-    let mut file = ServeFile::from_toml(&format!("{FILE}\n{extra}"), None).unwrap();
-    file.token = token.map(Secret::new);
-    let dspex = Dspex::builder()
+/// A handle on the mock adapter with the offline LM.
+async fn mock() -> Dspex {
+    Dspex::builder()
         .adapter(AdapterKind::Mock)
         .lm(LmConfig::dummy())
         .start()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn server(extra: &str, token: Option<&str>) -> Server {
+    let mut file = ServeFile::from_toml(&format!("{FILE}\n{extra}"), None).unwrap();
+    file.token = token.map(Secret::new);
+    let dspex = mock().await;
     Server::start_with(dspex, file, dspex_server::prometheus())
         .await
         .unwrap()
@@ -286,12 +291,7 @@ async fn creating_programs_over_http_needs_the_configuration_and_no_import_path(
         .unwrap();
         file.token = None;
         open.stop().await.unwrap();
-        let dspex = Dspex::builder()
-            .adapter(AdapterKind::Mock)
-            .lm(LmConfig::dummy())
-            .start()
-            .await
-            .unwrap();
+        let dspex = mock().await;
         Server::start_with(dspex, file, None).await.unwrap()
     };
     let (status, reply) = post(&open, "/v1/programs", body.clone()).await;
@@ -631,12 +631,7 @@ async fn a_configured_program_loads_its_compiled_state_file() {
     let dir = std::env::temp_dir().join(format!("dspex-serve-state-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let saved = dir.join("capital.json");
-    let author = Dspex::builder()
-        .adapter(AdapterKind::Mock)
-        .lm(LmConfig::dummy())
-        .start()
-        .await
-        .unwrap();
+    let author = mock().await;
     author
         .create_program(
             "capital",
@@ -654,12 +649,7 @@ async fn a_configured_program_loads_its_compiled_state_file() {
     // No signature in the file: the saved one is used.
     let toml = "[serve]\nbind = \"127.0.0.1:0\"\n[[programs]]\nid = \"capital\"\nstate = \"capital.json\"\n";
     let file = ServeFile::from_toml(toml, Some(&dir)).unwrap();
-    let dspex = Dspex::builder()
-        .adapter(AdapterKind::Mock)
-        .lm(LmConfig::dummy())
-        .start()
-        .await
-        .unwrap();
+    let dspex = mock().await;
     let server = Server::start_with(dspex, file, None).await.unwrap();
     let (status, text) = get(&server, "/v1/programs/capital").await;
     assert_eq!(status, StatusCode::OK);
@@ -678,12 +668,7 @@ async fn a_configured_program_loads_its_compiled_state_file() {
     // A state file that is not there is refused at start, naming the program.
     let toml = "[serve]\nbind = \"127.0.0.1:0\"\n[[programs]]\nid = \"gone\"\nsignature = \"a -> b\"\nstate = \"missing.json\"\n";
     let file = ServeFile::from_toml(toml, Some(&dir)).unwrap();
-    let dspex = Dspex::builder()
-        .adapter(AdapterKind::Mock)
-        .lm(LmConfig::dummy())
-        .start()
-        .await
-        .unwrap();
+    let dspex = mock().await;
     let error = Server::start_with(dspex, file, None)
         .await
         .unwrap_err()

@@ -251,7 +251,7 @@ impl Dspex {
         demos: Vec<Map<String, Value>>,
         state: Option<Value>,
     ) -> Result<ProgramInfo> {
-        crate::program::validate_program_id(program_id)?;
+        crate::program::validate_id("program", program_id)?;
         let (module_args, handlers) = module.build()?;
         crate::program::check_demos(&signature, &module, &demos)?;
         let version = ProgramVersion::new(ProgramDefinition {

@@ -71,7 +71,7 @@ pub use event::Event;
 pub use handle::{Dspex, ExecuteOptions, Status};
 pub use metric::{Metric, Score};
 pub use module::{Base, BestOfN, Module, MultiChainComparison, PythonModule, React, Refine};
-pub use program::{Prediction, Program, ProgramInfo, ProgramUsage, TokenUsage, Usage};
+pub use program::{Prediction, Program, ProgramInfo, ProgramUsage, TokenUsage, Usage, validate_id};
 pub use schemars;
 pub use session::{History, Session};
 pub use signature::{Field, FieldKind, FieldType, FieldValue, Signature, TypedSignature};

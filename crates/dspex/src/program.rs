@@ -321,22 +321,29 @@ impl<S: TypedSignature> Program<S> {
     }
 }
 
-/// Checks a program id: 1–128 ASCII letters, digits, `_-.:`.
-pub(crate) fn validate_program_id(program_id: &str) -> Result<()> {
-    let ok = !program_id.is_empty()
-        && program_id.len() <= 128
-        && program_id
+/// Checks an id (`what`: `program`, `session`, ...): 1–128 ASCII letters,
+/// digits, `_`, `-`, `.` or `:`, the ids DSPex takes from outside.
+///
+/// ```
+/// assert!(dspex::validate_id("session", "user-7").is_ok());
+/// assert!(dspex::validate_id("session", "../x").is_err());
+/// ```
+///
+/// # Errors
+/// [`Error::Validation`] naming `what` and the rule.
+pub fn validate_id(what: &'static str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
     if ok {
         Ok(())
     } else {
         Err(Error::validation(
-            "program",
+            what,
             None,
-            format!(
-                "program id {program_id:?} must be 1-128 ASCII letters, digits, '_', '-', '.' or ':'"
-            ),
+            format!("{what} id {id:?} must be 1-128 ASCII letters, digits, '_', '-', '.' or ':'"),
         ))
     }
 }
