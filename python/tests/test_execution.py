@@ -346,17 +346,24 @@ def test_stream_of_a_best_of_n_program_has_no_chunks(worker: Worker) -> None:
 def test_cancel_ends_a_stream(worker: Worker) -> None:
     lm = {"model": "dummy", "latency_ms": 5000}
     args = {"program_id": "cot", "inputs": {"question": "slow"}, "stream": True, "lm": lm}
-    before = worker.call("get_stats")["requests"]
-    request_id = worker.submit("execute_program", args, events=True)
-    worker.wait_stats(lambda r: r["in_flight"] == 2)  # it runs (this get_stats is the other)
-    cancel = worker.submit("cancel", {"request_id": request_id})
-    reply = worker.reply(request_id)
-    assert reply["error"]["kind"] == "Cancelled"
-    assert worker.reply(cancel)["result"] == {"cancelled": True}
-    # the streaming work ended long before the 5 s latency
-    stats = worker.wait_stats(lambda r: r["late_results"] == before["late_results"] + 1, 2.0)
-    assert stats["in_flight"] == 1
-    assert worker.frames_of(request_id) == [reply]
+    # ``in_flight`` counts a request from its dispatch, so a cancel can land while it is still
+    # queued for its request thread: then it is answered without running (no late result),
+    # and the attempt is repeated until the cancel catches the handler running.
+    for _ in range(20):
+        before = worker.call("get_stats")["requests"]
+        request_id = worker.submit("execute_program", args, events=True)
+        worker.wait_stats(lambda r: r["in_flight"] == 2)  # dispatched (this get_stats is the other)
+        cancel = worker.submit("cancel", {"request_id": request_id})
+        reply = worker.reply(request_id)
+        assert reply["error"]["kind"] == "Cancelled"
+        assert worker.reply(cancel)["result"] == {"cancelled": True}
+        # the handler (if it started, the streaming work) ended long before the 5 s latency
+        stats = worker.wait_stats(lambda r: r["in_flight"] == 1, 2.0)
+        assert worker.frames_of(request_id) == [reply]
+        if stats["late_results"] == before["late_results"] + 1:
+            return  # it ran, and its abandoned result was discarded
+        assert stats["late_results"] == before["late_results"]  # cancelled before it started
+    raise AssertionError("every cancel landed before the handler started")
 
 
 # --- concurrency: two LMs on one worker ----------------------------------------------------------
