@@ -7,21 +7,22 @@
 //! asserted: the machine is shared and noisy, so pairs of runs are
 //! interleaved and the median ratio is the figure.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use dspex::bridge::pool::{Pool, PoolConfig, RequestOptions};
 use dspex::bridge::{PythonConfig, PythonEnv, SpawnMode};
 use dspex::protocol::Command;
 use dspex::{Dspex, ExecuteOptions, LmConfig, ModeSetting, Module, Signature, SpawnSetting};
 use serde_json::{Value, json};
 
+mod report;
 mod serve;
+
+use report::{markdown, table};
 
 /// How long B4 lets a fresh zygote finish its deferred imports before the
 /// first kill.
@@ -751,70 +752,4 @@ fn percentile(values: &mut [f64], q: f64) -> f64 {
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(5)..].join("\n")
-}
-
-fn verdict(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "yes",
-        Some(false) => "no",
-        None => "-",
-    }
-}
-
-fn table(rows: &[Row]) -> Table {
-    let mut table = Table::new();
-    table.load_style(UTF8_FULL_CONDENSED).set_header([
-        "", "workload", "DSPex", "anchors", "ratio", "goal", "met", "note",
-    ]);
-    for row in rows {
-        table.add_row([
-            row.id,
-            &row.workload,
-            &row.ours,
-            &row.anchors,
-            &row.ratio,
-            &row.goal,
-            verdict(row.met),
-            &row.note,
-        ]);
-    }
-    table
-}
-
-fn markdown(rows: &[Row], command: &str, sizes: &Sizes) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# Benchmarks\n");
-    let _ = writeln!(
-        out,
-        "The latest run of `dspex bench` (B1–B8 of the performance design), each \
-         figure beside its anchors measured in the same run on the same machine; \
-         medians of {} runs, {} build, {} cores. Made by:\n\n```\n{command}\n```\n",
-        sizes.repeats,
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        std::thread::available_parallelism().map_or(1, usize::from),
-    );
-    let _ = writeln!(
-        out,
-        "| | workload | DSPex | anchors | ratio | goal | met | note |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    for row in rows {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            row.id,
-            row.workload,
-            row.ours,
-            row.anchors,
-            row.ratio,
-            row.goal,
-            verdict(row.met),
-            row.note.replace('|', "\\|")
-        );
-    }
-    out
 }
